@@ -1,0 +1,298 @@
+#!/usr/bin/env node
+/**
+ * The claudcode command line: `start` runs the gateway; `keys` and `usage` manage it, either on
+ * the configured store directly or on a running gateway's admin API (--url, --admin-token).
+ */
+import { parseArgs } from 'node:util';
+import { request } from 'undici';
+import { validateKeyInput, parseTime } from './admin.ts';
+import { ModelCatalog } from './catalog.ts';
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { createGateway } from './gateway.ts';
+import { createKey, describeKey } from './keys.ts';
+import { usageReport, type UsageReport } from './reports.ts';
+import { SqliteStore } from './store/sqlite.ts';
+import type { Store, UsageGrouping } from './store/types.ts';
+
+const USAGE = `claudcode — a self-hosted gateway for Anthropic's Claude models
+
+Usage:
+  claudcode start
+  claudcode keys create --name NAME [--models a,b] [--rpm N] [--concurrent N] [--budget TOKENS]
+                        [--window 5h] [--expires ISO-8601] [--json]
+  claudcode keys list [--json]
+  claudcode keys show|disable|enable|delete ID [--json]
+  claudcode keys update ID [--name NAME] [--models a,b|all] [--rpm N] [--concurrent N]
+                        [--budget TOKENS] [--window 5h] [--expires ISO-8601|never] [--json]
+  claudcode usage [--key ID] [--since 24h|ISO] [--until ISO] [--by model|key|day] [--json]
+
+Key and usage commands work on the configured store (CLAUDCODE_DATA_DIR, default ./data), or on a
+running gateway with --url URL --admin-token TOKEN (or CLAUDCODE_ADMIN_TOKEN).`;
+
+type KeyView = ReturnType<typeof describeKey>;
+
+/** What the key and usage commands need, from the store directly or from the admin API. */
+interface AdminBackend {
+  createKey(input: Record<string, unknown>): Promise<KeyView & { key: string }>;
+  listKeys(): Promise<KeyView[]>;
+  getKey(id: string): Promise<KeyView>;
+  updateKey(id: string, input: Record<string, unknown>): Promise<KeyView>;
+  deleteKey(id: string): Promise<void>;
+  usage(query: { key?: string; since?: string; until?: string; by: UsageGrouping }): Promise<UsageReport>;
+  close(): Promise<void>;
+}
+
+class CliError extends Error {}
+
+function localBackend(config: Config): AdminBackend {
+  const store: Store = new SqliteStore(config.dataDir);
+  const catalog = new ModelCatalog(config.models);
+  const found = async <T>(value: T | null, id: string): Promise<T> => {
+    if (value === null) throw new CliError(`no key with id ${id}`);
+    return value;
+  };
+  return {
+    async createKey(input) {
+      const patch = validateKeyInput(input, catalog, false);
+      const { record, key } = await createKey(store, config.keyDefaults, { ...patch, name: patch.name! });
+      return { ...describeKey(record), key };
+    },
+    listKeys: async () => (await store.listKeys()).map(describeKey),
+    getKey: async (id) => describeKey(await found(await store.getKey(id), id)),
+    updateKey: async (id, input) => describeKey(await found(await store.updateKey(id, validateKeyInput(input, catalog, true)), id)),
+    async deleteKey(id) {
+      if (!(await store.deleteKey(id))) throw new CliError(`no key with id ${id}`);
+    },
+    usage: (q) =>
+      usageReport(store, catalog, { by: q.by, keyId: q.key, sinceMs: parseTime(q.since, 'since'), untilMs: parseTime(q.until, 'until') }),
+    close: () => store.close(),
+  };
+}
+
+function remoteBackend(baseUrl: string, token: string): AdminBackend {
+  const call = async <T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> => {
+    const res = await request(`${baseUrl.replace(/\/+$/, '')}/admin${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const text = await res.body.text();
+    if (res.statusCode >= 400) {
+      let message = text;
+      try {
+        message = (JSON.parse(text) as { error: { message: string } }).error.message;
+      } catch {
+        // not the gateway's error shape: show the raw text
+      }
+      throw new CliError(`${res.statusCode}: ${message}`);
+    }
+    return JSON.parse(text) as T;
+  };
+  return {
+    createKey: (input) => call('POST', '/keys', input),
+    listKeys: async () => (await call<{ data: KeyView[] }>('GET', '/keys')).data,
+    getKey: (id) => call('GET', `/keys/${encodeURIComponent(id)}`),
+    updateKey: (id, input) => call('PATCH', `/keys/${encodeURIComponent(id)}`, input),
+    deleteKey: async (id) => void (await call('DELETE', `/keys/${encodeURIComponent(id)}`)),
+    usage: (q) => {
+      const params = new URLSearchParams({ by: q.by });
+      if (q.key) params.set('key', q.key);
+      if (q.since) params.set('since', q.since);
+      if (q.until) params.set('until', q.until);
+      return call('GET', `/usage?${params}`);
+    },
+    close: async () => {},
+  };
+}
+
+const KEY_OPTIONS = {
+  name: { type: 'string' },
+  models: { type: 'string' },
+  rpm: { type: 'string' },
+  concurrent: { type: 'string' },
+  budget: { type: 'string' },
+  window: { type: 'string' },
+  expires: { type: 'string' },
+} as const;
+
+const COMMON_OPTIONS = {
+  json: { type: 'boolean', default: false },
+  url: { type: 'string' },
+  'admin-token': { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
+function integer(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value.replaceAll('_', ''))) throw new CliError(`--${flag} takes a whole number, got "${value}"`);
+  return Number(value.replaceAll('_', ''));
+}
+
+/** Turns key flags into the admin API's KeyInput fields (only those given). */
+function keyInput(values: Partial<Record<keyof typeof KEY_OPTIONS, string>>): Record<string, unknown> {
+  const input: Record<string, unknown> = {};
+  if (values.name !== undefined) input.name = values.name;
+  if (values.models !== undefined) {
+    input.models = values.models === 'all' ? null : values.models.split(',').map((m) => m.trim()).filter(Boolean);
+  }
+  if (values.rpm !== undefined) input.rpm = integer(values.rpm, 'rpm');
+  if (values.concurrent !== undefined) input.concurrent = integer(values.concurrent, 'concurrent');
+  if (values.budget !== undefined) input.budget_tokens = integer(values.budget, 'budget');
+  if (values.window !== undefined) input.window = values.window;
+  if (values.expires !== undefined) {
+    if (values.expires === 'never') input.expires_at = null;
+    else {
+      const ms = Date.parse(values.expires);
+      if (Number.isNaN(ms)) throw new CliError(`--expires takes an ISO-8601 date, got "${values.expires}"`);
+      input.expires_at = new Date(ms).toISOString();
+    }
+  }
+  return input;
+}
+
+function printKeyTable(keys: KeyView[]): void {
+  const rows = keys.map((k) => [
+    k.id, k.name, k.key_preview, k.status, String(k.budget_tokens), `${k.window_seconds / 3600}h`, String(k.rpm),
+    String(k.concurrent), k.models ? k.models.join(',') : 'all', k.expires_at ?? '-',
+  ]);
+  const header = ['ID', 'NAME', 'KEY', 'STATUS', 'BUDGET', 'WINDOW', 'RPM', 'CONC', 'MODELS', 'EXPIRES'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  for (const row of [header, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
+}
+
+function printReport(report: UsageReport): void {
+  const header = ['GROUP', 'REQUESTS', 'ERRORS', 'INPUT', 'OUTPUT', 'CACHE_WRITE', 'CACHE_READ', 'BILLED', 'AVG_MS', 'COST_USD'];
+  const line = (group: string, r: Omit<UsageReport['totals'], never>) => [
+    group, r.requests, r.errors, r.input_tokens, r.output_tokens, r.cache_creation_input_tokens, r.cache_read_input_tokens,
+    r.billed_tokens, r.avg_latency_ms, r.cost_usd.toFixed(4),
+  ].map(String);
+  const rows = [...report.rows.map((r) => line(r.group, r)), line('TOTAL', report.totals)];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  for (const row of [header, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
+}
+
+async function runStart(config: Config): Promise<void> {
+  const gateway = await createGateway(config);
+  const { url } = await gateway.listen();
+  const log = gateway.services.logger;
+  log.info({ url, upstreams: config.upstreams.map((u) => u.url), dataDir: config.dataDir }, 'claudcode listening');
+  if (gateway.generatedAdminToken) {
+    // Printed to the terminal once, never to the logs; only its hash is stored.
+    process.stderr.write(
+      `\nAdmin token (shown once; set CLAUDCODE_ADMIN_TOKEN to choose your own):\n  ${gateway.generatedAdminToken}\n\n`,
+    );
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down: draining in-flight requests');
+    gateway.close().then(
+      () => {
+        log.info('shut down cleanly');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function runKeys(config: Config, args: string[]): Promise<void> {
+  const [action, ...rest] = args;
+  const { values, positionals } = parseArgs({ args: rest, options: { ...KEY_OPTIONS, ...COMMON_OPTIONS }, allowPositionals: true });
+  const backend = values.url
+    ? remoteBackend(values.url, values['admin-token'] ?? config.adminToken ?? '')
+    : localBackend(config);
+  const id = () => {
+    if (!positionals[0]) throw new CliError(`keys ${action} needs a key id (see: claudcode keys list)`);
+    return positionals[0];
+  };
+  const show = (key: KeyView) => (values.json ? console.log(JSON.stringify(key, null, 2)) : printKeyTable([key]));
+  try {
+    switch (action) {
+      case 'create': {
+        if (!values.name) throw new CliError('keys create needs --name NAME');
+        const created = await backend.createKey(keyInput(values));
+        if (values.json) console.log(JSON.stringify(created, null, 2));
+        else {
+          printKeyTable([created]);
+          console.log(`\nKey (shown once, store it now):\n  ${created.key}`);
+        }
+        break;
+      }
+      case 'list': {
+        const keys = await backend.listKeys();
+        if (values.json) console.log(JSON.stringify(keys, null, 2));
+        else printKeyTable(keys);
+        break;
+      }
+      case 'show':
+        show(await backend.getKey(id()));
+        break;
+      case 'update': {
+        const input = keyInput(values);
+        if (Object.keys(input).length === 0) throw new CliError('keys update: give at least one field to change');
+        show(await backend.updateKey(id(), input));
+        break;
+      }
+      case 'disable':
+      case 'enable':
+        show(await backend.updateKey(id(), { disabled: action === 'disable' }));
+        break;
+      case 'delete':
+        await backend.deleteKey(id());
+        console.log(values.json ? JSON.stringify({ id: id(), deleted: true }) : `deleted ${id()}`);
+        break;
+      default:
+        throw new CliError(`unknown keys command "${action ?? ''}"\n\n${USAGE}`);
+    }
+  } finally {
+    await backend.close();
+  }
+}
+
+async function runUsage(config: Config, args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { key: { type: 'string' }, since: { type: 'string' }, until: { type: 'string' }, by: { type: 'string', default: 'model' }, ...COMMON_OPTIONS },
+  });
+  if (values.by !== 'model' && values.by !== 'key' && values.by !== 'day') throw new CliError('--by takes model, key or day');
+  const backend = values.url ? remoteBackend(values.url, values['admin-token'] ?? config.adminToken ?? '') : localBackend(config);
+  try {
+    const report = await backend.usage({ key: values.key, since: values.since, until: values.until, by: values.by });
+    if (values.json) console.log(JSON.stringify(report, null, 2));
+    else printReport(report);
+  } finally {
+    await backend.close();
+  }
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  if (!command || command === 'help' || command === '--help' || command === '-h') {
+    console.log(USAGE);
+    return;
+  }
+  const config = loadConfig();
+  switch (command) {
+    case 'start':
+      return runStart(config);
+    case 'keys':
+      return runKeys(config, rest);
+    case 'usage':
+      return runUsage(config, rest);
+    default:
+      throw new CliError(`unknown command "${command}"\n\n${USAGE}`);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const known = err instanceof CliError || err instanceof ConfigError || (err as { status?: number }).status === 400;
+  process.stderr.write(`claudcode: ${known ? (err as Error).message : (err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,200 @@
+/**
+ * The gateway's configuration: one object, validated by zod, built from an optional JSON file
+ * (named by CLAUDCODE_CONFIG) overlaid by environment variables (the environment wins).
+ *
+ * ANTHROPIC_BASE_URL is deliberately never read: a shell set up for Claude Code against this
+ * gateway would otherwise make the gateway call itself.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+
+const TokenPrices = z.object({
+  /** US dollars per million tokens. */
+  input: z.number().nonnegative(),
+  output: z.number().nonnegative(),
+  cache_write: z.number().nonnegative(),
+  cache_read: z.number().nonnegative(),
+});
+
+const ModelEntry = z.object({
+  /** The public id clients send and see in /v1/models. */
+  id: z.string().min(1),
+  /** The id sent upstream; defaults to `id`. */
+  upstream_id: z.string().min(1).optional(),
+  display_name: z.string().min(1),
+  created_at: z.string().default('2026-01-01T00:00:00Z'),
+  description: z.string().optional(),
+  prices: TokenPrices,
+});
+export type ModelEntry = z.infer<typeof ModelEntry>;
+
+const Upstream = z.object({
+  url: z.url().transform((u) => u.replace(/\/+$/, '')),
+  key: z.string().min(1).optional(),
+});
+export type UpstreamConfig = z.infer<typeof Upstream>;
+
+/** Parses "5h", "90m", "1d", "3600s" or a bare number of seconds. */
+export function parseDuration(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/i.exec(text);
+  if (!match) throw new Error(`invalid duration "${text}" (use e.g. 5h, 90m, 1d, 3600s)`);
+  const value = Number(match[1]);
+  const unit = (match[2] ?? 's').toLowerCase();
+  const seconds = value * { s: 1, m: 60, h: 3600, d: 86400 }[unit as 's' | 'm' | 'h' | 'd'];
+  if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`invalid duration "${text}"`);
+  return Math.round(seconds);
+}
+
+const Duration = z.union([z.number().int().positive(), z.string().transform((s, ctx) => {
+  try {
+    return parseDuration(s);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+})]);
+
+const BoolFromEnv = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]);
+
+export const DEFAULT_MODELS: z.input<typeof ModelEntry>[] = [
+  {
+    id: 'claude-opus-4-6',
+    display_name: 'Claude Opus 4.6',
+    description: 'Maximum intelligence',
+    created_at: '2026-02-05T00:00:00Z',
+    prices: { input: 5, output: 25, cache_write: 6.25, cache_read: 0.5 },
+  },
+  {
+    id: 'claude-sonnet-4-6',
+    display_name: 'Claude Sonnet 4.6',
+    description: 'Balanced',
+    created_at: '2026-02-17T00:00:00Z',
+    prices: { input: 3, output: 15, cache_write: 3.75, cache_read: 0.3 },
+  },
+  {
+    id: 'claude-haiku-4-5',
+    display_name: 'Claude Haiku 4.5',
+    description: 'Fast and cheap',
+    created_at: '2025-10-15T00:00:00Z',
+    prices: { input: 1, output: 5, cache_write: 1.25, cache_read: 0.1 },
+  },
+];
+
+export const ConfigSchema = z.object({
+  port: z.coerce.number().int().min(0).max(65535).default(8080),
+  host: z.string().min(1).default('127.0.0.1'),
+  upstreams: z.array(Upstream).min(1).default([{ url: 'https://api.anthropic.com' }]),
+  adminToken: z.string().min(16, 'the admin token must be at least 16 characters').optional(),
+  dataDir: z.string().min(1).default('./data'),
+  databaseUrl: z.string().optional(),
+  redisUrl: z.string().optional(),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Largest request body accepted (Anthropic's own Messages API limit is 32 MB). */
+  maxBodyBytes: z.coerce.number().int().positive().default(32 * 1024 * 1024),
+  /** How long an upstream may stay silent (headers or between body chunks) before 502. */
+  upstreamTimeoutMs: z.coerce.number().int().positive().default(600_000),
+  /** On SIGTERM: how long in-flight requests get to finish before they are cut. */
+  shutdownGraceMs: z.coerce.number().int().nonnegative().default(30_000),
+  /** Maintenance mode: the API answers 503, admin stays reachable. */
+  maintenance: BoolFromEnv.default(false),
+  /** How often each instance re-reads keys from the store (changes apply within a second). */
+  keyRefreshMs: z.coerce.number().int().positive().max(1000).default(500),
+  usageFlushMs: z.coerce.number().int().positive().default(200),
+  budget: z
+    .object({
+      /** Reserve max_tokens (+ an input bound) up front so no key ever exceeds its budget. */
+      strict: BoolFromEnv.default(false),
+      /** How much each kind of token weighs against a budget. */
+      weights: z
+        .object({
+          input: z.number().nonnegative().default(1),
+          output: z.number().nonnegative().default(1),
+          cache_creation: z.number().nonnegative().default(1),
+          cache_read: z.number().nonnegative().default(1),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  /** Defaults for keys created without explicit limits. */
+  keyDefaults: z
+    .object({
+      budgetTokens: z.number().int().positive().default(5_000_000),
+      windowSeconds: Duration.default(5 * 3600),
+      rpm: z.number().int().positive().default(60),
+      concurrent: z.number().int().positive().default(5),
+    })
+    .prefault({}),
+  models: z.array(ModelEntry).min(1).default(DEFAULT_MODELS as z.infer<typeof ModelEntry>[]),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+type Env = Record<string, string | undefined>;
+
+function listFromEnv(value: string | undefined): string[] | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  return value.split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+/** Upstream URLs and keys from the environment: one key for all URLs, or one key per URL. */
+function upstreamsFromEnv(env: Env, fromFile: ConfigInput['upstreams']): ConfigInput['upstreams'] {
+  const urls = listFromEnv(env.CLAUDCODE_UPSTREAM_URL);
+  const keys = listFromEnv(env.CLAUDCODE_UPSTREAM_KEY) ?? listFromEnv(env.ANTHROPIC_API_KEY);
+  if (!urls && !keys) return fromFile;
+  const baseUrls = urls ?? fromFile?.map((u) => u.url) ?? ['https://api.anthropic.com'];
+  if (keys && keys.length > 1 && keys.length !== baseUrls.length) {
+    throw new Error(`${keys.length} upstream keys for ${baseUrls.length} upstream URLs: give one key, or one per URL`);
+  }
+  return baseUrls.map((url, i) => ({
+    url,
+    key: keys ? (keys.length === 1 ? keys[0] : keys[i]) : fromFile?.[i]?.key,
+  }));
+}
+
+export class ConfigError extends Error {}
+
+/** Builds the validated config from a file (CLAUDCODE_CONFIG) and the environment. */
+export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInput> = {}): Config {
+  let fromFile: Partial<ConfigInput> = {};
+  if (env.CLAUDCODE_CONFIG) {
+    try {
+      fromFile = JSON.parse(readFileSync(env.CLAUDCODE_CONFIG, 'utf8')) as Partial<ConfigInput>;
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${env.CLAUDCODE_CONFIG}: ${(err as Error).message}`);
+    }
+  }
+  const fromEnv: Partial<Record<keyof ConfigInput, unknown>> = {
+    port: env.PORT,
+    host: env.HOST,
+    adminToken: env.CLAUDCODE_ADMIN_TOKEN,
+    dataDir: env.CLAUDCODE_DATA_DIR,
+    databaseUrl: env.DATABASE_URL,
+    redisUrl: env.REDIS_URL,
+    logLevel: env.CLAUDCODE_LOG_LEVEL,
+    maxBodyBytes: env.CLAUDCODE_MAX_BODY_BYTES,
+    maintenance: env.CLAUDCODE_MAINTENANCE,
+  };
+  const merged: Record<string, unknown> = { ...fromFile };
+  for (const [name, value] of Object.entries(fromEnv)) {
+    if (value !== undefined && value !== '') merged[name] = value;
+  }
+  if (env.CLAUDCODE_STRICT_BUDGET) {
+    merged.budget = { ...(fromFile.budget ?? {}), strict: env.CLAUDCODE_STRICT_BUDGET };
+  }
+  try {
+    merged.upstreams = upstreamsFromEnv(env, fromFile.upstreams);
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  return parseConfig({ ...merged, ...overrides });
+}
+
+export function parseConfig(input: unknown): Config {
+  const result = ConfigSchema.safeParse(input);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => `  ${i.path.join('.') || '(root)'}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return result.data;
+}

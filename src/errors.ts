@@ -1,0 +1,99 @@
+/**
+ * The gateway's error hierarchy. Every failure the gateway itself produces is one of these;
+ * `toErrorBody` maps them to Anthropic's wire shape in one place so that the official SDKs raise
+ * the matching error class (AuthenticationError, RateLimitError, ...).
+ */
+
+export type AnthropicErrorType =
+  | 'invalid_request_error'
+  | 'authentication_error'
+  | 'permission_error'
+  | 'not_found_error'
+  | 'request_too_large'
+  | 'rate_limit_error'
+  | 'api_error'
+  | 'overloaded_error';
+
+export class GatewayError extends Error {
+  readonly status: number;
+  readonly type: AnthropicErrorType;
+  /** Extra response headers (Retry-After, X-RateLimit-*), set by the subclass that knows them. */
+  readonly headers: Record<string, string>;
+
+  constructor(status: number, type: AnthropicErrorType, message: string, headers: Record<string, string> = {}) {
+    super(message);
+    this.name = new.target.name;
+    this.status = status;
+    this.type = type;
+    this.headers = headers;
+  }
+}
+
+export class InvalidRequestError extends GatewayError {
+  constructor(message: string) {
+    super(400, 'invalid_request_error', message);
+  }
+}
+
+export class AuthenticationError extends GatewayError {
+  constructor(message: string) {
+    super(401, 'authentication_error', message);
+  }
+}
+
+export class PermissionError extends GatewayError {
+  constructor(message: string) {
+    super(403, 'permission_error', message);
+  }
+}
+
+export class NotFoundError extends GatewayError {
+  constructor(message: string) {
+    super(404, 'not_found_error', message);
+  }
+}
+
+export class RequestTooLargeError extends GatewayError {
+  constructor(limitBytes: number) {
+    super(413, 'request_too_large', `Request body exceeds the gateway's limit of ${limitBytes} bytes.`);
+  }
+}
+
+export class RateLimitError extends GatewayError {
+  readonly retryAfterSeconds: number;
+  constructor(message: string, retryAfterSeconds: number, rateLimitHeaders: Record<string, string>) {
+    const retryAfter = Math.max(1, Math.ceil(retryAfterSeconds));
+    super(429, 'rate_limit_error', message, { 'retry-after': String(retryAfter), ...rateLimitHeaders });
+    this.retryAfterSeconds = retryAfter;
+  }
+}
+
+/** A fault inside the gateway. The message sent to the client is generic; the cause is logged. */
+export class InternalError extends GatewayError {
+  constructor(message = 'Internal gateway error.') {
+    super(500, 'api_error', message);
+  }
+}
+
+/** The upstream could not be reached or answered with something that is not the Messages API. */
+export class UpstreamError extends GatewayError {
+  constructor(message: string) {
+    super(502, 'api_error', message);
+  }
+}
+
+export class ServiceUnavailableError extends GatewayError {
+  constructor(message: string) {
+    super(503, 'overloaded_error', message);
+  }
+}
+
+export interface AnthropicErrorBody {
+  type: 'error';
+  error: { type: AnthropicErrorType; message: string };
+  request_id?: string;
+}
+
+export function toErrorBody(err: GatewayError, requestId: string): AnthropicErrorBody {
+  return { type: 'error', error: { type: err.type, message: err.message }, request_id: requestId };
+}

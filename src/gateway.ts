@@ -1,0 +1,193 @@
+/**
+ * The gateway: wires config, store, keys, limits, upstream and usage into one Hono app, serves
+ * it, and shuts it down without losing usage (SIGTERM: stop accepting, let in-flight requests
+ * finish within the grace period, write the usage queue, close the store).
+ */
+import { randomUUID } from 'node:crypto';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import { Hono } from 'hono';
+import { adminRoutes, resolveAdminToken } from './admin.ts';
+import { ModelCatalog, modelObject } from './catalog.ts';
+import type { Config } from './config.ts';
+import { GatewayError, InternalError, NotFoundError, ServiceUnavailableError, toErrorBody } from './errors.ts';
+import { KeyRegistry, keyStatus } from './keys.ts';
+import { formatWait, formatWindow, Limits } from './limits.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
+import { SqliteStore } from './store/sqlite.ts';
+import type { Store } from './store/types.ts';
+import { UpstreamClient } from './upstream.ts';
+import { UsageRecorder } from './usage.ts';
+
+export interface GatewayOptions {
+  store?: Store;
+  logger?: Logger;
+}
+
+export interface Gateway {
+  readonly app: Hono<GatewayEnv>;
+  readonly services: GatewayServices;
+  readonly store: Store;
+  /** Set only on the first start without CLAUDCODE_ADMIN_TOKEN: print it once. */
+  readonly generatedAdminToken: string | undefined;
+  listen(): Promise<{ url: string; server: Server }>;
+  close(): Promise<void>;
+}
+
+export async function createGateway(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const store = options.store ?? new SqliteStore(config.dataDir);
+  const catalog = new ModelCatalog(config.models);
+  const keys = new KeyRegistry(store);
+  await keys.start(config.keyRefreshMs, (err) => logger.error({ err }, 'key refresh failed'));
+  const limits = new Limits();
+  const longestWindow = Math.max(config.keyDefaults.windowSeconds, ...(await store.listKeys()).map((k) => k.windowSeconds));
+  limits.load(await store.budgetBuckets(Date.now() - longestWindow * 1000 - 60_000));
+  const usage = new UsageRecorder(store, config.usageFlushMs, (err) => logger.error({ err }, 'usage write failed; will retry'));
+  const upstream = new UpstreamClient(config.upstreams, config.upstreamTimeoutMs);
+  const admin = await resolveAdminToken(store, config.adminToken);
+  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage };
+
+  if (!config.upstreams.some((u) => u.key)) {
+    logger.warn('no upstream credential configured (ANTHROPIC_API_KEY or CLAUDCODE_UPSTREAM_KEY): upstream calls go out without one');
+  }
+
+  const app = new Hono<GatewayEnv>();
+
+  app.use('*', async (c, next) => {
+    const requestId = `req_cc_${randomUUID().replaceAll('-', '')}`;
+    c.set('requestId', requestId);
+    c.set('startedAt', Date.now());
+    c.set('keyId', undefined);
+    await next();
+    c.res.headers.set('x-request-id', requestId);
+    if (!c.res.headers.has('request-id')) c.res.headers.set('request-id', requestId);
+    logger.info(
+      { requestId, method: c.req.method, route: c.req.routePath, status: c.res.status, ms: Date.now() - c.get('startedAt'), keyId: c.get('keyId') },
+      'request',
+    );
+  });
+
+  app.onError((err, c) => {
+    const gatewayError = err instanceof GatewayError ? err : new InternalError();
+    if (!(err instanceof GatewayError)) logger.error({ err, requestId: c.get('requestId') }, 'unhandled error');
+    return c.json(toErrorBody(gatewayError, c.get('requestId')), gatewayError.status as 400, gatewayError.headers);
+  });
+
+  app.notFound((c) => {
+    const err = new NotFoundError(`Not found: ${c.req.method} ${c.req.path}`);
+    return c.json(toErrorBody(err, c.get('requestId')), 404);
+  });
+
+  const health = (c: { json: (body: unknown) => Response }) =>
+    c.json({ status: config.maintenance ? 'maintenance' : 'ok' });
+  app.get('/health', health);
+  app.get('/healthz', health);
+
+  const api = new Hono<GatewayEnv>();
+  api.use('*', async (_c, next) => {
+    if (config.maintenance) throw new ServiceUnavailableError('The gateway is in maintenance mode. Try again later.');
+    await next();
+  });
+  api.post('/messages', (c) => handleMessages(c, services));
+  api.post('/messages/count_tokens', (c) => handleCountTokens(c, services));
+
+  api.get('/models', (c) => {
+    const key = keys.authenticate(c.req.raw.headers, c.get('startedAt'));
+    c.set('keyId', key.id);
+    const models = catalog.visibleTo(key);
+    const limit = Math.min(1000, Math.max(1, Number(c.req.query('limit') ?? 20) || 20));
+    const afterId = c.req.query('after_id');
+    const beforeId = c.req.query('before_id');
+    let start = 0;
+    let end = models.length;
+    if (afterId) start = models.findIndex((m) => m.id === afterId) + 1;
+    if (beforeId) end = Math.max(0, models.findIndex((m) => m.id === beforeId));
+    const page = beforeId ? models.slice(Math.max(start, end - limit), end) : models.slice(start, Math.min(end, start + limit));
+    const hasMore = beforeId ? end - limit > start : start + limit < end;
+    return c.json({
+      data: page.map(modelObject),
+      has_more: hasMore,
+      first_id: page[0]?.id ?? null,
+      last_id: page.at(-1)?.id ?? null,
+    });
+  });
+
+  api.get('/models/:id', (c) => {
+    const key = keys.authenticate(c.req.raw.headers, c.get('startedAt'));
+    c.set('keyId', key.id);
+    const model = catalog.visibleTo(key).find((m) => m.id === c.req.param('id'));
+    if (!model) throw new NotFoundError(`model: ${c.req.param('id')}`);
+    return c.json(modelObject(model));
+  });
+
+  api.get('/key-status', (c) => {
+    const now = Date.now();
+    const key = keys.authenticate(c.req.raw.headers, now);
+    c.set('keyId', key.id);
+    const budget = limits.budget(key, now);
+    return c.json({
+      key: key.preview,
+      status: keyStatus(key, now),
+      budget: {
+        total_tokens: budget.total,
+        used_tokens: budget.used,
+        remaining_tokens: budget.remaining,
+        window: formatWindow(key.windowSeconds),
+        resets_in: formatWait(budget.resetsInMs),
+      },
+      rate_limit: { rpm: key.rpm, concurrent: key.concurrent },
+    });
+  });
+
+  // SDKs given a base URL that already ends in /v1 call /v1/v1/...: answer there too.
+  app.route('/v1', api);
+  app.route('/v1/v1', api);
+  app.route('/admin', adminRoutes({ config, store, keys, catalog, adminTokenHash: admin.hash }));
+
+  let server: Server | undefined;
+  let closing: Promise<void> | undefined;
+
+  return {
+    app,
+    services,
+    store,
+    generatedAdminToken: admin.generated,
+    listen() {
+      return new Promise((resolve, reject) => {
+        const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info: AddressInfo) => {
+          const host = info.family === 'IPv6' ? `[${info.address}]` : info.address;
+          resolve({ url: `http://${host}:${info.port}`, server: s as Server });
+        }) as Server;
+        s.keepAliveTimeout = 65_000;
+        s.once('error', reject);
+        server = s;
+      });
+    },
+    close() {
+      closing ??= (async () => {
+        if (server) {
+          const s = server;
+          const drained = new Promise<void>((resolve) => s.close(() => resolve()));
+          // Idle keep-alive connections would hold close() open; active ones get the grace period.
+          const idleSweep = setInterval(() => s.closeIdleConnections(), 100);
+          s.closeIdleConnections();
+          const grace = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());
+          await Promise.race([drained, grace]);
+          clearInterval(idleSweep);
+          s.closeAllConnections();
+          await drained;
+          // Streams cut above record their usage from socket 'close' handlers: let them run.
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+        keys.stop();
+        await usage.close();
+        await upstream.close();
+        await store.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,283 @@
+/**
+ * The request pipeline of the metered endpoints, top to bottom:
+ *
+ *   authenticate → read body (size limit) → validate → resolve model (catalog, key's list)
+ *   → admit (budget, concurrency, rpm) → upstream → relay (JSON, or SSE as it arrives)
+ *   → finish (free the slot, bill the tokens upstream reported, record usage)
+ *
+ * Every stage throws a GatewayError on refusal; gateway.ts maps those to the wire once.
+ * Whatever happens after admission, `finish` runs exactly once.
+ */
+import type { Context } from 'hono';
+import type { Dispatcher } from 'undici';
+import { z } from 'zod';
+import type { ModelCatalog } from './catalog.ts';
+import type { Config } from './config.ts';
+import { InvalidRequestError, RequestTooLargeError, UpstreamError } from './errors.ts';
+import type { KeyRegistry } from './keys.ts';
+import type { Admission, Limits } from './limits.ts';
+import type { Logger } from './logger.ts';
+import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
+import { clientResponseHeaders, type UpstreamClient } from './upstream.ts';
+import { billedTokens, emptyUsage, SseUsageTap, usageFromJson, type TokenUsage, type UsageRecorder } from './usage.ts';
+
+export interface GatewayServices {
+  config: Config;
+  logger: Logger;
+  keys: KeyRegistry;
+  limits: Limits;
+  catalog: ModelCatalog;
+  upstream: UpstreamClient;
+  usage: UsageRecorder;
+}
+
+export type GatewayEnv = { Variables: { requestId: string; startedAt: number; keyId: string | undefined } };
+type GatewayContext = Context<GatewayEnv>;
+
+// Only the fields the gateway acts on are checked here; upstream validates the rest.
+const MessagesRequest = z.looseObject({
+  model: z.string().min(1),
+  max_tokens: z.number().int().positive(),
+  messages: z.array(z.unknown()),
+  stream: z.boolean().optional(),
+});
+
+const CountTokensRequest = z.looseObject({
+  model: z.string().min(1),
+  messages: z.array(z.unknown()),
+});
+
+/**
+ * Strict mode's bound on input tokens: one token per body byte (a token never covers less than
+ * a byte of text, and base64 media costs far fewer tokens than bytes), plus room for the system
+ * prompt the API adds when tools are used.
+ */
+export function inputTokenBound(bodyBytes: number): number {
+  return bodyBytes + 1024;
+}
+
+export async function readBody(request: Request, limit: number): Promise<Uint8Array> {
+  const declared = Number(request.headers.get('content-length'));
+  if (declared > limit) throw new RequestTooLargeError(limit);
+  if (!request.body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body) {
+    size += chunk.byteLength;
+    if (size > limit) throw new RequestTooLargeError(limit);
+    chunks.push(chunk);
+  }
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+}
+
+function parseJsonBody<T extends z.ZodType>(schema: T, body: Uint8Array): z.infer<T> {
+  let json: unknown;
+  try {
+    json = JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'));
+  } catch (err) {
+    throw new InvalidRequestError(`Request body is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new InvalidRequestError('Request body must be a JSON object.');
+  }
+  const result = schema.safeParse(json);
+  if (!result.success) {
+    throw new InvalidRequestError(
+      result.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '),
+    );
+  }
+  return result.data;
+}
+
+/** What a request leaves in the usage log, filled in as the pipeline learns it. */
+class RequestMeter {
+  private readonly services: GatewayServices;
+  private readonly record: Omit<UsageRecord, 'status' | 'outcome' | 'latencyMs' | 'ts' | 'billedTokens' | 'inputTokens' | 'outputTokens' | 'cacheCreationTokens' | 'cacheReadTokens'>;
+  private readonly startedAt: number;
+  private admission: Admission | undefined;
+  private done = false;
+
+  constructor(services: GatewayServices, c: GatewayContext, key: KeyRecord, endpoint: UsageRecord['endpoint']) {
+    this.services = services;
+    this.startedAt = c.get('startedAt');
+    this.record = { keyId: key.id, requestId: c.get('requestId'), endpoint, model: '', cached: false, streamed: false };
+  }
+
+  set model(model: string) {
+    this.record.model = model;
+  }
+
+  set streamed(streamed: boolean) {
+    this.record.streamed = streamed;
+  }
+
+  admitted(admission: Admission): void {
+    this.admission = admission;
+  }
+
+  /** Ends the request: frees its limits, bills `usage` (when billable) and records it. Once. */
+  finish(status: number, outcome: UsageOutcome, usage: TokenUsage = emptyUsage(), billable = true): void {
+    if (this.done) return;
+    this.done = true;
+    const billed = billable ? billedTokens(usage, this.services.config.budget.weights) : 0;
+    this.admission?.finish(billed);
+    const now = Date.now();
+    this.services.usage.record({
+      ...this.record,
+      ts: now,
+      status,
+      outcome,
+      latencyMs: now - this.startedAt,
+      inputTokens: usage.input_tokens,
+      outputTokens: usage.output_tokens,
+      cacheCreationTokens: usage.cache_creation_input_tokens,
+      cacheReadTokens: usage.cache_read_input_tokens,
+      billedTokens: billed,
+    });
+  }
+
+  /** A refusal or fault before any response: nothing billed, the status recorded. */
+  fail(err: unknown, signal: AbortSignal): void {
+    const status = signal.aborted ? 499 : ((err as { status?: number }).status ?? 500);
+    this.finish(status, signal.aborted ? 'client_closed' : status === 429 || status < 500 ? 'rejected' : 'error');
+  }
+}
+
+/** POST /v1/messages, JSON or SSE. */
+export async function handleMessages(c: GatewayContext, s: GatewayServices): Promise<Response> {
+  const key = s.keys.authenticate(c.req.raw.headers, c.get('startedAt'));
+  c.set('keyId', key.id);
+  const meter = new RequestMeter(s, c, key, 'messages');
+  const signal = c.req.raw.signal;
+  try {
+    const body = await readBody(c.req.raw, s.config.maxBodyBytes);
+    const request = parseJsonBody(MessagesRequest, body);
+    meter.model = request.model;
+    meter.streamed = request.stream === true;
+    const model = s.catalog.resolve(request.model, key);
+    const reserveTokens = s.config.budget.strict ? request.max_tokens + inputTokenBound(body.byteLength) : 0;
+    const admission = s.limits.admit(key, c.get('startedAt'), { checkBudget: true, reserveTokens });
+    meter.admitted(admission);
+
+    const upstreamBody = model.upstream_id && model.upstream_id !== model.id
+      ? JSON.stringify({ ...request, model: model.upstream_id })
+      : body;
+    const upstream = await s.upstream.send({ method: 'POST', path: '/v1/messages', headers: c.req.raw.headers, body: upstreamBody, signal });
+    const headers = responseHeaders(upstream, admission);
+
+    if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
+    if (isEventStream(upstream)) {
+      meter.streamed = true;
+      return new Response(relaySse(upstream.body, meter), { status: upstream.statusCode, headers });
+    }
+    const bytes = new Uint8Array(await upstream.body.arrayBuffer());
+    meter.finish(upstream.statusCode, 'ok', usageFromJson(bytes));
+    return new Response(bytes, { status: upstream.statusCode, headers });
+  } catch (err) {
+    meter.fail(err, signal);
+    throw err;
+  }
+}
+
+/** POST /v1/messages/count_tokens: counts against rpm and concurrency, never against the budget. */
+export async function handleCountTokens(c: GatewayContext, s: GatewayServices): Promise<Response> {
+  const key = s.keys.authenticate(c.req.raw.headers, c.get('startedAt'));
+  c.set('keyId', key.id);
+  const meter = new RequestMeter(s, c, key, 'count_tokens');
+  const signal = c.req.raw.signal;
+  try {
+    const body = await readBody(c.req.raw, s.config.maxBodyBytes);
+    const request = parseJsonBody(CountTokensRequest, body);
+    meter.model = request.model;
+    const model = s.catalog.resolve(request.model, key);
+    const admission = s.limits.admit(key, c.get('startedAt'), { checkBudget: false, reserveTokens: 0 });
+    meter.admitted(admission);
+    const upstreamBody = model.upstream_id && model.upstream_id !== model.id
+      ? JSON.stringify({ ...request, model: model.upstream_id })
+      : body;
+    const upstream = await s.upstream.send({ method: 'POST', path: '/v1/messages/count_tokens', headers: c.req.raw.headers, body: upstreamBody, signal });
+    const headers = responseHeaders(upstream, admission);
+    if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
+    const bytes = new Uint8Array(await upstream.body.arrayBuffer());
+    meter.finish(upstream.statusCode, 'ok', emptyUsage(), false);
+    return new Response(bytes, { status: upstream.statusCode, headers });
+  } catch (err) {
+    meter.fail(err, signal);
+    throw err;
+  }
+}
+
+function responseHeaders(upstream: Dispatcher.ResponseData, admission: Admission): Headers {
+  const headers = clientResponseHeaders(upstream.headers);
+  for (const [name, value] of Object.entries(admission.headers)) headers.set(name, value);
+  return headers;
+}
+
+function isEventStream(upstream: Dispatcher.ResponseData): boolean {
+  const type = upstream.headers['content-type'];
+  return typeof type === 'string' && type.startsWith('text/event-stream');
+}
+
+/**
+ * Upstream errors pass through with their status and body, except a 401: that means the
+ * gateway's own upstream credential was refused, which the client can do nothing about (and an
+ * SDK would report as the client's key being wrong), so it becomes a 502.
+ */
+async function relayError(upstream: Dispatcher.ResponseData, headers: Headers, meter: RequestMeter): Promise<Response> {
+  const bytes = new Uint8Array(await upstream.body.arrayBuffer());
+  if (upstream.statusCode === 401) {
+    meter.finish(502, 'error');
+    throw new UpstreamError('The upstream refused the gateway\'s credential. Tell the gateway operator.');
+  }
+  meter.finish(upstream.statusCode, 'error');
+  return new Response(bytes, { status: upstream.statusCode, headers });
+}
+
+const STREAM_CUT_EVENT = new TextEncoder().encode(
+  'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"The upstream stream ended before the message was complete."}}\n\n',
+);
+
+/**
+ * Passes an upstream SSE body on chunk by chunk (pull-driven, so a slow client slows the upstream
+ * read instead of filling memory), watching usage go by. A stream that breaks off upstream ends
+ * with an `error` event, as the API itself ends a failed stream, so SDKs raise instead of hanging.
+ * A client that goes away cancels the stream, which aborts the upstream request.
+ */
+function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter): ReadableStream<Uint8Array> {
+  const tap = new SseUsageTap();
+  const chunks = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let ended = false;
+  const end = (outcome: UsageOutcome) => {
+    if (ended) return false;
+    ended = true;
+    meter.finish(200, outcome, tap.usage);
+    return true;
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const { value, done } = await chunks.next();
+          if (!done) {
+            tap.push(value);
+            controller.enqueue(value);
+            return;
+          }
+          if (!tap.completed && !tap.sawError) controller.enqueue(STREAM_CUT_EVENT);
+          end(tap.completed ? 'ok' : 'upstream_cut');
+          controller.close();
+        } catch {
+          if (end('upstream_cut')) {
+            controller.enqueue(STREAM_CUT_EVENT);
+            controller.close();
+          }
+        }
+      },
+      cancel() {
+        end('client_closed');
+        source.destroy();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}

@@ -1,0 +1,99 @@
+/**
+ * The storage interface. Keys and usage live behind it; the embedded default is SQLite
+ * (store/sqlite.ts). Methods are async so a networked implementation (PostgreSQL) fits the same
+ * shape.
+ */
+
+export interface KeyRecord {
+  id: string;
+  name: string;
+  /** SHA-256 of the full key, hex. The key itself is never stored. */
+  hash: string;
+  /** "sk-cc-...abcd": enough to recognise a key, useless to use it. */
+  preview: string;
+  budgetTokens: number;
+  windowSeconds: number;
+  rpm: number;
+  concurrent: number;
+  /** Public model ids this key may use; null means every model in the catalog. */
+  models: string[] | null;
+  /** Unix ms, or null for no expiry. */
+  expiresAt: number | null;
+  disabled: boolean;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export type KeyPatch = Partial<Pick<KeyRecord, 'name' | 'budgetTokens' | 'windowSeconds' | 'rpm' | 'concurrent' | 'models' | 'expiresAt' | 'disabled'>>;
+
+export type UsageOutcome = 'ok' | 'error' | 'client_closed' | 'upstream_cut' | 'rejected';
+
+export interface UsageRecord {
+  /** Unix ms when the request arrived. */
+  ts: number;
+  keyId: string;
+  requestId: string;
+  endpoint: 'messages' | 'count_tokens';
+  model: string;
+  status: number;
+  inputTokens: number;
+  outputTokens: number;
+  cacheCreationTokens: number;
+  cacheReadTokens: number;
+  /** Tokens charged against the key's budget (weights applied). */
+  billedTokens: number;
+  latencyMs: number;
+  cached: boolean;
+  streamed: boolean;
+  outcome: UsageOutcome;
+}
+
+/** Billed tokens of one key in one minute, for rebuilding rolling budgets at start-up. */
+export interface BudgetBucket {
+  keyId: string;
+  minute: number;
+  tokens: number;
+}
+
+export type UsageGrouping = 'model' | 'key' | 'day';
+
+export interface UsageQuery {
+  keyId?: string;
+  sinceMs?: number;
+  untilMs?: number;
+  by: UsageGrouping;
+}
+
+/** One group of a usage report, split by model so callers can price it. */
+export interface UsageRow {
+  group: string;
+  model: string;
+  requests: number;
+  errors: number;
+  cachedRequests: number;
+  inputTokens: number;
+  outputTokens: number;
+  cacheCreationTokens: number;
+  cacheReadTokens: number;
+  billedTokens: number;
+  totalLatencyMs: number;
+}
+
+export interface Store {
+  createKey(key: KeyRecord): Promise<void>;
+  getKey(id: string): Promise<KeyRecord | null>;
+  listKeys(): Promise<KeyRecord[]>;
+  /** Returns the updated key, or null when there is no such key. */
+  updateKey(id: string, patch: KeyPatch): Promise<KeyRecord | null>;
+  deleteKey(id: string): Promise<boolean>;
+  /** A number that changes whenever any key is created, changed or deleted. */
+  keysGeneration(): Promise<number>;
+
+  insertUsage(records: UsageRecord[]): Promise<void>;
+  budgetBuckets(sinceMs: number): Promise<BudgetBucket[]>;
+  usageReport(query: UsageQuery): Promise<UsageRow[]>;
+
+  getMeta(name: string): Promise<string | null>;
+  setMeta(name: string, value: string): Promise<void>;
+  close(): Promise<void>;
+}

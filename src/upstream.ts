@@ -1,0 +1,113 @@
+/**
+ * The upstream client: undici connection pools with keep-alive, one per upstream origin.
+ * Requests carry the client's headers minus its credentials and hop-by-hop headers, plus the
+ * gateway's own upstream credential. Responses come back as a Node stream so bytes can be passed
+ * on as they arrive.
+ */
+import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
+import type { UpstreamConfig } from './config.ts';
+import { UpstreamError } from './errors.ts';
+
+/** Never forwarded upstream: hop-by-hop headers, the client's credentials, gateway controls. */
+const DROP_REQUEST_HEADERS = new Set([
+  'host', 'connection', 'keep-alive', 'proxy-authorization', 'proxy-connection', 'te', 'trailer',
+  'transfer-encoding', 'upgrade', 'content-length', 'expect',
+  'x-api-key', 'authorization', 'cookie',
+  // The gateway reads usage out of the response, so it asks upstream for identity encoding.
+  'accept-encoding',
+  'x-no-cache', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-real-ip', 'forwarded',
+]);
+
+/** Never passed back to clients: hop-by-hop headers and the upstream account's own details. */
+const DROP_RESPONSE_HEADERS = new Set([
+  'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-encoding', 'trailer',
+  'upgrade', 'set-cookie', 'anthropic-organization-id', 'server', 'via', 'alt-svc', 'cf-ray',
+  'cf-cache-status', 'x-envoy-upstream-service-time', 'strict-transport-security',
+]);
+
+const DEFAULT_ANTHROPIC_VERSION = '2023-06-01';
+
+export function upstreamRequestHeaders(client: Headers, upstreamKey: string | undefined): Record<string, string> {
+  const headers: Record<string, string> = {};
+  client.forEach((value, name) => {
+    if (!DROP_REQUEST_HEADERS.has(name)) headers[name] = value;
+  });
+  headers['anthropic-version'] ??= DEFAULT_ANTHROPIC_VERSION;
+  headers['content-type'] ??= 'application/json';
+  if (upstreamKey) headers['x-api-key'] = upstreamKey;
+  return headers;
+}
+
+/** Response headers a client may see: the upstream's, less hop-by-hop and account details. */
+export function clientResponseHeaders(upstream: Dispatcher.ResponseData['headers']): Headers {
+  const headers = new Headers();
+  for (const [name, value] of Object.entries(upstream)) {
+    if (value === undefined || DROP_RESPONSE_HEADERS.has(name) || name.startsWith('anthropic-ratelimit-')) continue;
+    if (Array.isArray(value)) for (const v of value) headers.append(name, v);
+    else headers.set(name, value);
+  }
+  return headers;
+}
+
+export interface UpstreamRequest {
+  method: 'GET' | 'POST';
+  path: string;
+  headers: Headers;
+  body?: Uint8Array | string;
+  signal: AbortSignal;
+}
+
+export class UpstreamClient {
+  private readonly pools: Pool[];
+  private readonly upstreams: UpstreamConfig[];
+  /** Path prefix of each upstream URL ("" for a bare origin). */
+  private readonly basePaths: string[];
+
+  constructor(upstreams: UpstreamConfig[], timeoutMs: number) {
+    this.upstreams = upstreams;
+    this.basePaths = upstreams.map((u) => new URL(u.url).pathname.replace(/\/+$/, ''));
+    this.pools = upstreams.map(
+      (u) =>
+        new Pool(u.url, {
+          connections: 128,
+          pipelining: 1,
+          keepAliveTimeout: 30_000,
+          headersTimeout: timeoutMs,
+          bodyTimeout: timeoutMs,
+        }),
+    );
+  }
+
+  /** Sends a request to the first upstream. Throws UpstreamError if it cannot be reached. */
+  async send(request: UpstreamRequest): Promise<Dispatcher.ResponseData> {
+    const upstream = this.upstreams[0]!;
+    try {
+      return await this.pools[0]!.request({
+        method: request.method,
+        path: this.basePaths[0] + request.path,
+        headers: upstreamRequestHeaders(request.headers, upstream.key),
+        body: request.body,
+        signal: request.signal,
+      });
+    } catch (err) {
+      if (request.signal.aborted) throw err;
+      throw new UpstreamError(describeUpstreamFailure(err));
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.pools.map((p) => p.close()));
+  }
+}
+
+/** A message for the client that says what went wrong without naming hosts or credentials. */
+function describeUpstreamFailure(err: unknown): string {
+  if (err instanceof undiciErrors.HeadersTimeoutError) return 'Upstream did not answer in time.';
+  if (err instanceof undiciErrors.ConnectTimeoutError) return 'Upstream connection timed out.';
+  if (err instanceof undiciErrors.SocketError) return 'Upstream closed the connection.';
+  const code = (err as { code?: string }).code;
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'ECONNRESET') {
+    return `Upstream unreachable (${code}).`;
+  }
+  return 'Upstream request failed.';
+}
