@@ -7,7 +7,7 @@
  *
  * Faults can be injected per request with headers (`x-fake-status`,
  * `x-fake-latency-ms`, `x-fake-cut-after`, `x-fake-drop-connection`,
- * `x-fake-stream-error-after`, `x-fake-output-tokens`) or queued with
+ * `x-fake-stream-error-after`, `x-fake-output-tokens`, `x-fake-event-delay-ms`) or queued with
  * `queueFault()` for the next `POST /v1/messages` requests.
  */
 import { createServer } from 'node:http';
@@ -45,6 +45,8 @@ export interface Fault {
   cutAfter?: number;
   /** Destroy the socket before writing any response. */
   dropConnection?: boolean;
+  /** Streams only: wait this long after each event (overrides options.eventDelayMs). */
+  eventDelayMs?: number;
   /** Streams only: after k deltas send an `event: error` (overloaded_error) and end the stream, like the real API does mid-stream. */
   streamErrorAfter?: number;
 }
@@ -419,6 +421,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       },
     });
 
+    const delayMs = fault.eventDelayMs ?? eventDelayMs;
     const cutAfter = fault.cutAfter;
     const errorAfter = fault.streamErrorAfter;
     // Deltas to write before the stream stops (cut, error) or all of them.
@@ -436,7 +439,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
         if (!ok) await waitDrain(res);
       }
       if (gone || closed) return false;
-      if (eventDelayMs > 0) await sleep(eventDelayMs);
+      if (delayMs > 0) await sleep(delayMs);
       return !gone && !closed;
     };
 
@@ -476,8 +479,8 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     if (gone || closed) return;
     res.write(deltaEv);
     reported.set(requestId, { input_tokens: input, output_tokens: n, cache_creation_input_tokens: creation, cache_read_input_tokens: read });
-    if (eventDelayMs > 0) {
-      await sleep(eventDelayMs);
+    if (delayMs > 0) {
+      await sleep(delayMs);
       if (gone || closed) return;
     }
     res.end(EV_MESSAGE_STOP);
@@ -559,6 +562,8 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     if (hCut !== undefined) fault.cutAfter = hCut;
     const hErr = headerInt(req, 'x-fake-stream-error-after');
     if (hErr !== undefined) fault.streamErrorAfter = hErr;
+    const hDelay = headerInt(req, 'x-fake-event-delay-ms');
+    if (hDelay !== undefined) fault.eventDelayMs = hDelay;
     const hDrop = headerString(req, 'x-fake-drop-connection');
     if (hDrop !== undefined && hDrop !== '0' && hDrop.toLowerCase() !== 'false') fault.dropConnection = true;
 

@@ -1,0 +1,85 @@
+/**
+ * Test stack: the fake Anthropic upstream and a real gateway on loopback ports, a fresh SQLite
+ * data directory, and a log sink the tests can read.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import Anthropic from '@anthropic-ai/sdk';
+import { parseConfig, type ConfigInput } from '../src/config.ts';
+import { createGateway, type Gateway } from '../src/gateway.ts';
+import { createKey, type NewKeyOptions } from '../src/keys.ts';
+import { createLogger } from '../src/logger.ts';
+import { startFakeUpstream, type FakeUpstream, type FakeUpstreamOptions } from '../src/fake-upstream/server.ts';
+
+export const ADMIN_TOKEN = 'test-admin-token-0123456789abcdef';
+
+export interface Stack {
+  fake: FakeUpstream;
+  gateway: Gateway;
+  /** Gateway base URL, e.g. http://127.0.0.1:40123 */
+  url: string;
+  dataDir: string;
+  /** Every log line the gateway wrote, as text. */
+  logs: string[];
+  newKey(options?: Partial<NewKeyOptions>): Promise<{ key: string; id: string }>;
+  client(key: string, options?: ConstructorParameters<typeof Anthropic>[0]): Anthropic;
+  close(): Promise<void>;
+}
+
+export async function startStack(
+  options: { config?: Partial<ConfigInput>; fake?: FakeUpstreamOptions; dataDir?: string } = {},
+): Promise<Stack> {
+  const fake = await startFakeUpstream(options.fake);
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'claudcode-test-'));
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      logs.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  const config = parseConfig({
+    port: 0,
+    host: '127.0.0.1',
+    dataDir,
+    upstreams: [{ url: fake.url, key: fake.apiKey }],
+    adminToken: ADMIN_TOKEN,
+    logLevel: 'debug',
+    usageFlushMs: 20,
+    shutdownGraceMs: 5000,
+    ...options.config,
+  });
+  const gateway = await createGateway(config, { logger: createLogger('debug', sink) });
+  const { url } = await gateway.listen();
+  return {
+    fake,
+    gateway,
+    url,
+    dataDir,
+    logs,
+    async newKey(keyOptions = {}) {
+      const { record, key } = await createKey(gateway.store, config.keyDefaults, { name: 'test', ...keyOptions });
+      await gateway.services.keys.refresh();
+      return { key, id: record.id };
+    },
+    client(key, clientOptions = {}) {
+      return new Anthropic({ apiKey: key, baseURL: url, maxRetries: 0, ...clientOptions });
+    },
+    async close() {
+      await gateway.close();
+      await fake.close();
+      if (!options.dataDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Flushes queued usage and returns every usage row of the store. */
+export async function usageRows(stack: Stack) {
+  await stack.gateway.services.usage.flush();
+  const report = await stack.gateway.store.usageReport({ by: 'key' });
+  return report;
+}
+
+export const MESSAGE = { role: 'user' as const, content: 'Hello there' };
