@@ -56,7 +56,16 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
 
   const app = new Hono<GatewayEnv>();
 
+  // Responses still being written (streams included), so shutdown can wait for them to end.
+  let inFlight = 0;
+  let onIdle: (() => void) | undefined;
+  const responseDone = () => {
+    if (--inFlight === 0) onIdle?.();
+  };
+
   app.use('*', async (c, next) => {
+    inFlight++;
+    c.env.outgoing.once('close', responseDone);
     const requestId = `req_cc_${randomUUID().replaceAll('-', '')}`;
     c.set('requestId', requestId);
     c.set('startedAt', Date.now());
@@ -170,17 +179,18 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
       closing ??= (async () => {
         if (server) {
           const s = server;
-          const drained = new Promise<void>((resolve) => s.close(() => resolve()));
-          // Idle keep-alive connections would hold close() open; active ones get the grace period.
-          const idleSweep = setInterval(() => s.closeIdleConnections(), 100);
+          const closed = new Promise<void>((resolve) => s.close(() => resolve()));
+          const drained = new Promise<void>((resolve) => {
+            onIdle = resolve;
+            if (inFlight === 0) resolve();
+          });
+          // Idle keep-alive connections are closed at once; responses in flight get the grace period.
           s.closeIdleConnections();
           const grace = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());
           await Promise.race([drained, grace]);
-          clearInterval(idleSweep);
+          // Past the grace period, cut what is left; cut streams record their usage as they close.
           s.closeAllConnections();
-          await drained;
-          // Streams cut above record their usage from socket 'close' handlers: let them run.
-          await new Promise((resolve) => setImmediate(resolve));
+          await Promise.all([drained, closed]);
         }
         keys.stop();
         await usage.close();

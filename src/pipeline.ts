@@ -8,6 +8,7 @@
  * Every stage throws a GatewayError on refusal; gateway.ts maps those to the wire once.
  * Whatever happens after admission, `finish` runs exactly once.
  */
+import type { HttpBindings } from '@hono/node-server';
 import type { Context } from 'hono';
 import type { Dispatcher } from 'undici';
 import { z } from 'zod';
@@ -31,7 +32,10 @@ export interface GatewayServices {
   usage: UsageRecorder;
 }
 
-export type GatewayEnv = { Variables: { requestId: string; startedAt: number; keyId: string | undefined } };
+export type GatewayEnv = {
+  Bindings: HttpBindings;
+  Variables: { requestId: string; startedAt: number; keyId: string | undefined };
+};
 type GatewayContext = Context<GatewayEnv>;
 
 // Only the fields the gateway acts on are checked here; upstream validates the rest.
@@ -122,6 +126,7 @@ class RequestMeter {
     const billed = billable ? billedTokens(usage, this.services.config.budget.weights) : 0;
     this.admission?.finish(billed);
     const now = Date.now();
+    this.services.logger.debug({ requestId: this.record.requestId, status, outcome, billed }, 'usage');
     this.services.usage.record({
       ...this.record,
       ts: now,

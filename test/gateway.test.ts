@@ -6,7 +6,7 @@ import Anthropic, { APIError } from '@anthropic-ai/sdk';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { MESSAGE, startStack, type Stack } from './helpers.ts';
+import { MESSAGE, recordedUsage, startStack, type Stack } from './helpers.ts';
 
 let stack: Stack;
 let key: string;
@@ -260,15 +260,14 @@ describe('rate limits', () => {
     await new Promise((r) => setTimeout(r, 1200));
     expect(stack.fake.reported.get(upstreamId)?.output_tokens).toBe(1);
 
-    await stack.gateway.services.usage.flush();
-    const [row] = await stack.gateway.store.usageReport({ keyId: limited.id, by: 'key' });
+    const row = await recordedUsage(stack, limited.id);
     // The aborted stream (and any 429 while its slot was held) count as errors; one request succeeded.
-    expect(row!.requests - row!.errors).toBe(1);
-    expect(row!.errors).toBeGreaterThanOrEqual(1);
+    expect(row.requests - row.errors).toBe(1);
+    expect(row.errors).toBeGreaterThanOrEqual(1);
     const reported = stack.fake.reported.get(upstreamId)!;
     const second = stack.fake.reported.get(lastUpstreamRequest().requestId)!;
-    expect(row?.inputTokens).toBe(reported.input_tokens + second.input_tokens);
-    expect(row?.outputTokens).toBe(reported.output_tokens + second.output_tokens);
+    expect(row.inputTokens).toBe(reported.input_tokens + second.input_tokens);
+    expect(row.outputTokens).toBe(reported.output_tokens + second.output_tokens);
   });
 
   it('refuses requests once the token budget is spent, saying when it frees', async () => {

@@ -11,6 +11,7 @@ import { parseConfig, type ConfigInput } from '../src/config.ts';
 import { createGateway, type Gateway } from '../src/gateway.ts';
 import { createKey, type NewKeyOptions } from '../src/keys.ts';
 import { createLogger } from '../src/logger.ts';
+import type { Store } from '../src/store/types.ts';
 import { startFakeUpstream, type FakeUpstream, type FakeUpstreamOptions } from '../src/fake-upstream/server.ts';
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789abcdef';
@@ -75,11 +76,20 @@ export async function startStack(
   };
 }
 
-/** Flushes queued usage and returns every usage row of the store. */
-export async function usageRows(stack: Stack) {
+/** One key's recorded usage summed over every model (the store reports per key and model). */
+export async function keyTotals(store: Store, keyId: string) {
+  const rows = await store.usageReport({ keyId, by: 'key' });
+  const total = { requests: 0, errors: 0, inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 };
+  for (const row of rows) {
+    for (const field of Object.keys(total) as (keyof typeof total)[]) total[field] += Number(row[field]);
+  }
+  return total;
+}
+
+/** Writes queued usage, then sums one key's recorded usage. */
+export async function recordedUsage(stack: Stack, keyId: string) {
   await stack.gateway.services.usage.flush();
-  const report = await stack.gateway.store.usageReport({ by: 'key' });
-  return report;
+  return keyTotals(stack.gateway.store, keyId);
 }
 
 export const MESSAGE = { role: 'user' as const, content: 'Hello there' };
