@@ -6,7 +6,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import type { ModelCatalog } from './catalog.ts';
-import { parseDuration, type Config } from './config.ts';
+import { Duration, parseDuration, type Config } from './config.ts';
 import { AuthenticationError, InvalidRequestError, NotFoundError } from './errors.ts';
 import { createKey, describeKey, type KeyRegistry } from './keys.ts';
 import type { GatewayEnv } from './pipeline.ts';
@@ -14,16 +14,6 @@ import { usageReport } from './reports.ts';
 import type { KeyPatch, Store } from './store/types.ts';
 
 const ADMIN_TOKEN_META = 'admin_token_sha256';
-
-const Duration = z.union([z.number().int().positive(), z.string()]).transform((value, ctx) => {
-  if (typeof value === 'number') return value;
-  try {
-    return parseDuration(value);
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message });
-    return z.NEVER;
-  }
-});
 
 /** Fields of a key an operator sets, as the admin API and the CLI accept them. */
 export const KeyInput = z.strictObject({

@@ -292,7 +292,11 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
-  const known = err instanceof CliError || err instanceof ConfigError || (err as { status?: number }).status === 400;
+  const known =
+    err instanceof CliError ||
+    err instanceof ConfigError ||
+    (err as { status?: number }).status === 400 ||
+    String((err as { code?: string }).code).startsWith('ERR_PARSE_ARGS_');
   process.stderr.write(`claudcode: ${known ? (err as Error).message : (err as Error).stack ?? String(err)}\n`);
   process.exit(1);
 });

@@ -45,14 +45,19 @@ export function parseDuration(text: string): number {
   return Math.round(seconds);
 }
 
-const Duration = z.union([z.number().int().positive(), z.string().transform((s, ctx) => {
+/** Seconds, given as a number or as "5h", "90m", ... (the message names what was wrong). */
+export const Duration = z.union([z.number(), z.string()]).transform((value, ctx) => {
   try {
-    return parseDuration(s);
+    if (typeof value === 'number') {
+      if (!Number.isInteger(value) || value < 1) throw new Error(`invalid duration ${value} (whole seconds, at least 1)`);
+      return value;
+    }
+    return parseDuration(value);
   } catch (err) {
     ctx.addIssue({ code: 'custom', message: (err as Error).message });
     return z.NEVER;
   }
-})]);
+});
 
 const BoolFromEnv = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]);
 
@@ -132,6 +137,11 @@ export type ConfigInput = z.input<typeof ConfigSchema>;
 
 type Env = Record<string, string | undefined>;
 
+/** An environment value, or undefined when unset or blank. */
+function envValue(value: string | undefined): string | undefined {
+  return value === undefined || value.trim() === '' ? undefined : value.trim();
+}
+
 function listFromEnv(value: string | undefined): string[] | undefined {
   if (value === undefined || value.trim() === '') return undefined;
   return value.split(',').map((s) => s.trim()).filter(Boolean);
@@ -164,7 +174,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
       throw new ConfigError(`cannot read config file ${env.CLAUDCODE_CONFIG}: ${(err as Error).message}`);
     }
   }
-  const fromEnv: Partial<Record<keyof ConfigInput, unknown>> = {
+  const fromEnv: Partial<Record<keyof ConfigInput, string | undefined>> = {
     port: env.PORT,
     host: env.HOST,
     adminToken: env.CLAUDCODE_ADMIN_TOKEN,
@@ -177,7 +187,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
   };
   const merged: Record<string, unknown> = { ...fromFile };
   for (const [name, value] of Object.entries(fromEnv)) {
-    if (value !== undefined && value !== '') merged[name] = value;
+    const given = envValue(value);
+    if (given !== undefined) merged[name] = given;
   }
   if (env.CLAUDCODE_STRICT_BUDGET) {
     merged.budget = { ...(fromFile.budget ?? {}), strict: env.CLAUDCODE_STRICT_BUDGET };

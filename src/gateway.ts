@@ -80,6 +80,8 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   });
 
   app.onError((err, c) => {
+    // The client went away mid-request: nobody is there to read an answer, and nothing failed.
+    if (c.req.raw.signal.aborted) return c.body(null, 499 as 400);
     const gatewayError = err instanceof GatewayError ? err : new InternalError();
     if (!(err instanceof GatewayError)) logger.error({ err, requestId: c.get('requestId') }, 'unhandled error');
     return c.json(toErrorBody(gatewayError, c.get('requestId')), gatewayError.status as 400, gatewayError.headers);

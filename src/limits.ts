@@ -4,7 +4,7 @@
  * request goes upstream; the returned admission is finished exactly once when the request is
  * over, which frees the concurrency slot and bills the tokens upstream reported.
  */
-import { RateLimitError } from './errors.ts';
+import { InvalidRequestError, RateLimitError } from './errors.ts';
 import type { KeyRecord, BudgetBucket } from './store/types.ts';
 
 const MINUTE_MS = 60_000;
@@ -175,22 +175,35 @@ export class Limits {
     const used = ledger.used(now, windowMs);
     if (options.checkBudget) {
       const wanted = options.reserveTokens;
-      const available = key.budgetTokens - used - ledger.reserved;
+      if (wanted > key.budgetTokens) {
+        // Waiting would never help, so this is not a 429 an SDK would retry.
+        throw new InvalidRequestError(
+          `This request may use up to ${wanted} tokens (max_tokens plus an input bound), more than this key's whole budget of ${key.budgetTokens}. Lower max_tokens.`,
+        );
+      }
       // Soft mode admits while anything is left; strict mode only when the reservation fits.
-      const refused = wanted > 0 ? wanted > available : used >= key.budgetTokens;
+      const refused = wanted > 0 ? used + ledger.reserved + wanted > key.budgetTokens : used >= key.budgetTokens;
       if (refused) {
-        const target = wanted > 0 ? key.budgetTokens - ledger.reserved - wanted : key.budgetTokens - 1;
-        const freesAt = target < 0 ? now + windowMs : ledger.freesAt(now, windowMs, target);
-        const wait = Math.max(1000, freesAt - now);
-        const detail = wanted > 0 && used < key.budgetTokens
-          ? ` This request may use up to ${wanted} tokens (max_tokens plus an input bound) and ${Math.max(0, available)} remain.`
-          : '';
-        throw new RateLimitError(`Token budget exceeded.${detail} Resets in ${formatWait(wait)}.`, wait / 1000, {
+        const budgetHeaders = (wait: number) => ({
           'x-ratelimit-limit': String(key.budgetTokens),
           'x-ratelimit-remaining': String(Math.max(0, key.budgetTokens - used)),
           'x-ratelimit-reset': String(Math.ceil((now + wait) / 1000)),
           ...tokenHeaders(key.budgetTokens - used, now + wait),
         });
+        if (wanted > 0 && used + wanted <= key.budgetTokens) {
+          // Only other requests' reservations are in the way: they end soon, the window need not move.
+          throw new RateLimitError(
+            `Token budget exceeded: requests in flight hold ${ledger.reserved} of the ${key.budgetTokens - used} tokens left. Retry when they finish.`,
+            1,
+            budgetHeaders(1000),
+          );
+        }
+        const freesAt = ledger.freesAt(now, windowMs, key.budgetTokens - Math.max(1, wanted));
+        const wait = Math.max(1000, freesAt - now);
+        const detail = wanted > 0 && used < key.budgetTokens
+          ? ` This request may use up to ${wanted} tokens (max_tokens plus an input bound) and ${key.budgetTokens - used} remain.`
+          : '';
+        throw new RateLimitError(`Token budget exceeded.${detail} Resets in ${formatWait(wait)}.`, wait / 1000, budgetHeaders(wait));
       }
     }
 

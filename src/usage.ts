@@ -31,12 +31,14 @@ export function mergeUsage(target: TokenUsage, source: unknown): void {
 }
 
 export function billedTokens(usage: TokenUsage, weights: Config['budget']['weights']): number {
-  return Math.ceil(
+  const weighted =
     usage.input_tokens * weights.input +
-      usage.output_tokens * weights.output +
-      usage.cache_creation_input_tokens * weights.cache_creation +
-      usage.cache_read_input_tokens * weights.cache_read,
-  );
+    usage.output_tokens * weights.output +
+    usage.cache_creation_input_tokens * weights.cache_creation +
+    usage.cache_read_input_tokens * weights.cache_read;
+  // Fractional weights bill whole tokens, rounding up; the rounding to 1e-6 first keeps binary
+  // floating-point error (100 × 1.1 = 110.00000000000001) from billing an extra token.
+  return Math.ceil(Math.round(weighted * 1e6) / 1e6);
 }
 
 /** Usage from a complete (non-streaming) Messages response body; zeros if it has none. */

@@ -241,6 +241,10 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   const globalLatency = opts.latencyMs ?? 0;
   const eventDelayMs = opts.eventDelayMs ?? 0;
   const record = opts.record ?? true;
+  /** The usage ledger; off with `record: false` so a long benchmark does not grow it forever. */
+  const report = (requestId: string, usage: Usage): void => {
+    if (record) reported.set(requestId, usage);
+  };
 
   const requests: RecordedRequest[] = [];
   const reported = new Map<string, Usage>();
@@ -386,7 +390,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       };
       const complete = await sendJson(res, 200, requestId, message, fault.cutAfter !== undefined);
       if (complete) {
-        reported.set(requestId, { input_tokens: input, output_tokens: n, cache_creation_input_tokens: creation, cache_read_input_tokens: read });
+        report(requestId, { input_tokens: input, output_tokens: n, cache_creation_input_tokens: creation, cache_read_input_tokens: read });
       }
       return;
     }
@@ -454,7 +458,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     if (gone || closed) return;
     // emit() writes synchronously, so from here on message_start has been handed to the socket.
     const started = next(startEvent);
-    reported.set(requestId, { input_tokens: input, output_tokens: 1, cache_creation_input_tokens: creation, cache_read_input_tokens: read });
+    report(requestId, { input_tokens: input, output_tokens: 1, cache_creation_input_tokens: creation, cache_read_input_tokens: read });
     if (!(await started)) return;
     if (!(await next(EV_BLOCK_START))) return;
     if (!(await next(EV_PING))) return;
@@ -478,7 +482,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     });
     if (gone || closed) return;
     res.write(deltaEv);
-    reported.set(requestId, { input_tokens: input, output_tokens: n, cache_creation_input_tokens: creation, cache_read_input_tokens: read });
+    report(requestId, { input_tokens: input, output_tokens: n, cache_creation_input_tokens: creation, cache_read_input_tokens: read });
     if (delayMs > 0) {
       await sleep(delayMs);
       if (gone || closed) return;

@@ -124,7 +124,8 @@ export class SqliteStore implements Store {
     mkdirSync(dataDir, { recursive: true });
     this.path = join(dataDir, 'claudcode.db');
     this.db = new DatabaseSync(this.path);
-    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;');
+    // busy_timeout first: switching to WAL needs a lock that another process may briefly hold.
+    this.db.exec('PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;');
     this.db.exec(SCHEMA);
     this.statements = {
       insertKey: this.db.prepare(

@@ -29,7 +29,7 @@ export type KeyPatch = Partial<Pick<KeyRecord, 'name' | 'budgetTokens' | 'window
 export type UsageOutcome = 'ok' | 'error' | 'client_closed' | 'upstream_cut' | 'rejected';
 
 export interface UsageRecord {
-  /** Unix ms when the request arrived. */
+  /** Unix ms when the request finished (when its tokens were spent; budgets bill by this). */
   ts: number;
   keyId: string;
   requestId: string;

@@ -1,0 +1,307 @@
+/**
+ * The embedded SQLite store: keys, the keys generation, usage rows and reports, persistence.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SqliteStore } from '../src/store/sqlite.ts';
+import type { KeyRecord, UsageRecord } from '../src/store/types.ts';
+
+const DAY = 86_400_000;
+const T = Date.UTC(2026, 2, 10, 12, 0, 0); // 2026-03-10 12:00 UTC
+
+let dir: string;
+let store: SqliteStore;
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'claudcode-store-'));
+  store = new SqliteStore(dir);
+});
+afterAll(async () => {
+  await store.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+let n = 0;
+function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
+  n++;
+  return {
+    id: `key_${n}`,
+    name: `key ${n}`,
+    hash: n.toString(16).padStart(64, '0'),
+    preview: `sk-cc-...${String(n).padStart(4, '0')}`,
+    budgetTokens: 1000 * n,
+    windowSeconds: 3600,
+    rpm: 60,
+    concurrent: 5,
+    models: ['claude-haiku-4-5', 'claude-sonnet-4-6'],
+    expiresAt: T + DAY,
+    disabled: false,
+    createdAt: T + n,
+    updatedAt: T + n,
+    ...over,
+  };
+}
+
+function usage(over: Partial<UsageRecord> = {}): UsageRecord {
+  n++;
+  return {
+    ts: T, keyId: 'key_u1', requestId: `req_${n}`, endpoint: 'messages', model: 'claude-haiku-4-5', status: 200,
+    inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 33, latencyMs: 100,
+    cached: false, streamed: false, outcome: 'ok', ...over,
+  };
+}
+
+describe('SqliteStore keys', () => {
+  it('round-trips a key record exactly', async () => {
+    const key = keyRecord();
+    await store.createKey(key);
+    expect(await store.getKey(key.id)).toEqual(key);
+    const open = keyRecord({ models: null, expiresAt: null, disabled: true });
+    await store.createKey(open);
+    expect(await store.getKey(open.id)).toEqual(open);
+    expect(await store.getKey('key_nope')).toBeNull();
+  });
+
+  it('lists keys in creation order', async () => {
+    const later = keyRecord({ createdAt: T + 10_000 });
+    const earlier = keyRecord({ createdAt: T - 10_000 });
+    await store.createKey(later);
+    await store.createKey(earlier);
+    const ids = (await store.listKeys()).map((k) => k.id);
+    expect(ids.indexOf(earlier.id)).toBeLessThan(ids.indexOf(later.id));
+    expect(ids).toContain(later.id);
+    expect(ids.at(-1)).toBe(later.id);
+  });
+
+  it('updates only the patched fields and stamps updatedAt', async () => {
+    const key = keyRecord();
+    await store.createKey(key);
+    const before = Date.now();
+    const updated = await store.updateKey(key.id, { rpm: 7, models: ['claude-opus-4-6'], disabled: true, expiresAt: null, name: undefined });
+    expect(updated).toEqual({ ...key, rpm: 7, models: ['claude-opus-4-6'], disabled: true, expiresAt: null, updatedAt: updated!.updatedAt });
+    expect(updated!.updatedAt).toBeGreaterThanOrEqual(before);
+    expect(await store.getKey(key.id)).toEqual(updated);
+
+    const again = await store.updateKey(key.id, { models: null, disabled: false, budgetTokens: 5, windowSeconds: 60, concurrent: 1, name: 'renamed' });
+    expect(again).toMatchObject({ models: null, disabled: false, budgetTokens: 5, windowSeconds: 60, concurrent: 1, name: 'renamed', rpm: 7 });
+    expect(await store.updateKey('key_nope', { rpm: 1 })).toBeNull();
+  });
+
+  it('deletes keys', async () => {
+    const key = keyRecord();
+    await store.createKey(key);
+    expect(await store.deleteKey(key.id)).toBe(true);
+    expect(await store.getKey(key.id)).toBeNull();
+    expect(await store.deleteKey(key.id)).toBe(false);
+    expect((await store.listKeys()).map((k) => k.id)).not.toContain(key.id);
+  });
+
+  it('refuses a second key with the same hash', async () => {
+    const key = keyRecord();
+    await store.createKey(key);
+    await expect(store.createKey(keyRecord({ hash: key.hash }))).rejects.toThrow(/UNIQUE/);
+  });
+
+  it('changes keysGeneration on every write, and only on writes', async () => {
+    const seen: number[] = [await store.keysGeneration()];
+    const changed = async () => {
+      const g = await store.keysGeneration();
+      expect(seen).not.toContain(g);
+      seen.push(g);
+    };
+    const unchanged = async () => expect(await store.keysGeneration()).toBe(seen.at(-1));
+
+    const key = keyRecord();
+    await store.createKey(key);
+    await changed();
+    await store.updateKey(key.id, { rpm: 99 });
+    await changed();
+    await store.updateKey(key.id, { disabled: true });
+    await changed();
+    await store.updateKey(key.id, {});
+    await changed();
+    await store.deleteKey(key.id);
+    await changed();
+
+    // Reads and failed writes leave it alone.
+    await store.listKeys();
+    await store.getKey(key.id);
+    await unchanged();
+    await store.updateKey('key_nope', { rpm: 1 });
+    await unchanged();
+    await store.deleteKey('key_nope');
+    await unchanged();
+    const dup = keyRecord();
+    await store.createKey(dup);
+    await changed();
+    await expect(store.createKey({ ...keyRecord(), hash: dup.hash })).rejects.toThrow();
+    await unchanged();
+  });
+
+  it('keeps meta values', async () => {
+    expect(await store.getMeta('nothing')).toBeNull();
+    await store.setMeta('thing', 'one');
+    await store.setMeta('thing', 'two');
+    expect(await store.getMeta('thing')).toBe('two');
+  });
+});
+
+describe('SqliteStore usage', () => {
+  beforeAll(async () => {
+    await store.insertUsage([
+      usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T }),
+      usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T + 30_000, status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 }),
+      usage({ keyId: 'key_u1', model: 'claude-sonnet-4-6', ts: T + 61_000, cached: true, billedTokens: 0 }),
+      usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T + DAY, outcome: 'upstream_cut', inputTokens: 100, outputTokens: 1, billedTokens: 104, latencyMs: 50 }),
+      usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T - DAY, endpoint: 'count_tokens', billedTokens: 0, latencyMs: 10 }),
+    ]);
+    await store.insertUsage([]);
+  });
+
+  it('groups by model', async () => {
+    const rows = await store.usageReport({ by: 'model' });
+    expect(rows).toEqual([
+      {
+        group: 'claude-haiku-4-5', model: 'claude-haiku-4-5', requests: 4, errors: 2, cachedRequests: 0,
+        inputTokens: 120, outputTokens: 41, cacheCreationTokens: 3, cacheReadTokens: 6, billedTokens: 137, totalLatencyMs: 260,
+      },
+      {
+        group: 'claude-sonnet-4-6', model: 'claude-sonnet-4-6', requests: 1, errors: 0, cachedRequests: 1,
+        inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 0, totalLatencyMs: 100,
+      },
+    ]);
+  });
+
+  it('groups by key (split by model) and filters by key', async () => {
+    const rows = await store.usageReport({ by: 'key' });
+    expect(rows.map((r) => [r.group, r.model, r.requests, r.billedTokens])).toEqual([
+      ['key_u1', 'claude-haiku-4-5', 2, 33],
+      ['key_u1', 'claude-sonnet-4-6', 1, 0],
+      ['key_u2', 'claude-haiku-4-5', 2, 104],
+    ]);
+    const only = await store.usageReport({ by: 'key', keyId: 'key_u2' });
+    expect(only.map((r) => [r.group, r.requests, r.inputTokens])).toEqual([['key_u2', 2, 110]]);
+    expect(await store.usageReport({ by: 'key', keyId: 'key_none' })).toEqual([]);
+  });
+
+  it('groups by UTC day', async () => {
+    const rows = await store.usageReport({ by: 'day' });
+    expect(rows.map((r) => [r.group, r.model, r.requests])).toEqual([
+      ['2026-03-09', 'claude-haiku-4-5', 1],
+      ['2026-03-10', 'claude-haiku-4-5', 2],
+      ['2026-03-10', 'claude-sonnet-4-6', 1],
+      ['2026-03-11', 'claude-haiku-4-5', 1],
+    ]);
+  });
+
+  it('filters by since (inclusive) and until (exclusive)', async () => {
+    const count = async (q: { sinceMs?: number; untilMs?: number; keyId?: string }) =>
+      (await store.usageReport({ by: 'key', ...q })).reduce((sum, r) => sum + r.requests, 0);
+    expect(await count({})).toBe(5);
+    expect(await count({ sinceMs: T })).toBe(4);
+    expect(await count({ sinceMs: T + 1 })).toBe(3);
+    expect(await count({ untilMs: T })).toBe(1);
+    expect(await count({ untilMs: T + 1 })).toBe(2);
+    expect(await count({ sinceMs: T, untilMs: T + DAY })).toBe(3);
+    expect(await count({ sinceMs: T, untilMs: T + DAY, keyId: 'key_u2' })).toBe(0);
+  });
+
+  it('gives per-minute budget buckets of billed tokens', async () => {
+    const buckets = await store.budgetBuckets(T - 1);
+    const sorted = [...buckets].sort((a, b) => a.keyId.localeCompare(b.keyId) || a.minute - b.minute);
+    // Zero-billed rows (429, cache hit, count_tokens) and rows before `since` leave no bucket.
+    expect(sorted).toEqual([
+      { keyId: 'key_u1', minute: Math.floor(T / 60_000), tokens: 33 },
+      { keyId: 'key_u2', minute: Math.floor((T + DAY) / 60_000), tokens: 104 },
+    ]);
+    await store.insertUsage([usage({ keyId: 'key_b', ts: T + 1_000, billedTokens: 5 }), usage({ keyId: 'key_b', ts: T + 59_999, billedTokens: 6 }), usage({ keyId: 'key_b', ts: T + 60_000, billedTokens: 7 })]);
+    const b = (await store.budgetBuckets(T)).filter((x) => x.keyId === 'key_b').sort((x, y) => x.minute - y.minute);
+    expect(b).toEqual([
+      { keyId: 'key_b', minute: T / 60_000, tokens: 11 },
+      { keyId: 'key_b', minute: T / 60_000 + 1, tokens: 7 },
+    ]);
+    expect(await store.budgetBuckets(T + 2 * DAY)).toEqual([]);
+  });
+
+  it('rolls back a batch that fails part-way', async () => {
+    const bad = { ...usage({ keyId: 'key_rollback' }), model: null as unknown as string };
+    await expect(store.insertUsage([usage({ keyId: 'key_rollback' }), bad])).rejects.toThrow();
+    expect(await store.usageReport({ by: 'key', keyId: 'key_rollback' })).toEqual([]);
+  });
+});
+
+describe('SqliteStore persistence', () => {
+  it('keeps keys, usage, meta and the generation across reopening the file', async () => {
+    const own = mkdtempSync(join(tmpdir(), 'claudcode-store-reopen-'));
+    try {
+      const first = new SqliteStore(join(own, 'nested', 'dir'));
+      const key = keyRecord();
+      await first.createKey(key);
+      await first.insertUsage([usage({ keyId: key.id, billedTokens: 77 })]);
+      await first.setMeta('admin_token_sha256', 'abc');
+      const generation = await first.keysGeneration();
+      await first.close();
+      await first.close(); // idempotent
+
+      const second = new SqliteStore(join(own, 'nested', 'dir'));
+      expect(second.path).toBe(join(own, 'nested', 'dir', 'claudcode.db'));
+      expect(await second.getKey(key.id)).toEqual(key);
+      expect(await second.keysGeneration()).toBe(generation);
+      expect(await second.getMeta('admin_token_sha256')).toBe('abc');
+      expect(await second.usageReport({ by: 'key' })).toMatchObject([{ group: key.id, requests: 1, billedTokens: 77 }]);
+      await second.updateKey(key.id, { rpm: 1 });
+      expect(await second.keysGeneration()).not.toBe(generation);
+      await second.close();
+    } finally {
+      rmSync(own, { recursive: true, force: true });
+    }
+  });
+
+  it('sees writes made through another connection to the same file', async () => {
+    const other = new SqliteStore(dir);
+    try {
+      const before = await store.keysGeneration();
+      const key = keyRecord();
+      await other.createKey(key);
+      expect(await store.getKey(key.id)).toEqual(key);
+      expect(await store.keysGeneration()).not.toBe(before);
+    } finally {
+      await other.close();
+    }
+  });
+
+  // BUG (src/store/sqlite.ts, constructor): `PRAGMA journal_mode = WAL` runs before
+  // `PRAGMA busy_timeout = 5000`, so opening the store while another connection briefly holds a
+  // lock fails at once with "database is locked" instead of waiting. Seen in practice with
+  // parallel `claudcode usage` runs on one data dir (about 1 in 30 failed). Setting busy_timeout
+  // first (or `new DatabaseSync(path, { timeout })`) makes this open wait ~300 ms and succeed.
+  it('opening waits for a lock another connection holds briefly', async () => {
+    const own = mkdtempSync(join(tmpdir(), 'claudcode-store-lock-'));
+    await new SqliteStore(own).close();
+    const holder = new Worker(
+      `const { DatabaseSync } = require('node:sqlite');
+       const { parentPort, workerData } = require('node:worker_threads');
+       const db = new DatabaseSync(workerData.path);
+       db.exec("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO meta (name, value) VALUES ('lock', '1');");
+       parentPort.postMessage('locked');
+       setTimeout(() => { db.exec('COMMIT'); db.close(); }, 300);`,
+      { eval: true, workerData: { path: join(own, 'claudcode.db') } },
+    );
+    const exited = new Promise((resolve) => holder.once('exit', resolve));
+    try {
+      await new Promise((resolve, reject) => {
+        holder.once('message', resolve);
+        holder.once('error', reject);
+      });
+      const opened = new SqliteStore(own);
+      expect(await opened.getMeta('lock')).toBe('1');
+      await opened.close();
+    } finally {
+      await exited;
+      rmSync(own, { recursive: true, force: true });
+    }
+  });
+});
