@@ -383,19 +383,16 @@ describe('fake upstream: broken connections and the ledger', () => {
     expect(err).toBeInstanceOf(APIConnectionTimeoutError);
   });
 
-  it('eventDelayMs spaces out stream events', async () => {
-    const slow = await startFakeUpstream({ eventDelayMs: 15, record: false });
+  it('with record: false keeps neither requests nor the usage ledger (long benchmarks)', async () => {
+    const quiet = await startFakeUpstream({ eventDelayMs: 1, record: false });
     try {
-      const c = new Anthropic({ apiKey: slow.apiKey, baseURL: slow.url, maxRetries: 0 });
-      const t0 = performance.now();
+      const c = new Anthropic({ apiKey: quiet.apiKey, baseURL: quiet.url, maxRetries: 0 });
       const msg = await c.messages.stream({ model: MODEL, max_tokens: 4, messages }).finalMessage();
       expect(msg.usage.output_tokens).toBe(4);
-      // message_start, block start, ping, 4 deltas, block stop, message_delta = 9 delays
-      expect(performance.now() - t0).toBeGreaterThanOrEqual(9 * 15 - 10);
-      expect(slow.requests).toHaveLength(0);
-      expect(slow.totalReported().output_tokens).toBe(4);
+      expect(quiet.requests).toHaveLength(0);
+      expect(quiet.reported.size).toBe(0);
     } finally {
-      await slow.close();
+      await quiet.close();
     }
   });
 
