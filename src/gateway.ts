@@ -106,7 +106,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   api.post('/messages/count_tokens', (c) => handleCountTokens(c, services));
 
   api.get('/models', (c) => {
-    const key = keys.authenticate(c.req.raw.headers, c.get('startedAt'));
+    const key = keys.authenticate(c.env.incoming.headers, c.get('startedAt'));
     c.set('keyId', key.id);
     const models = catalog.visibleTo(key);
     const limit = Math.min(1000, Math.max(1, Number(c.req.query('limit') ?? 20) || 20));
@@ -127,7 +127,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   });
 
   api.get('/models/:id', (c) => {
-    const key = keys.authenticate(c.req.raw.headers, c.get('startedAt'));
+    const key = keys.authenticate(c.env.incoming.headers, c.get('startedAt'));
     c.set('keyId', key.id);
     const model = catalog.visibleTo(key).find((m) => m.id === c.req.param('id'));
     if (!model) throw new NotFoundError(`model: ${c.req.param('id')}`);
@@ -136,7 +136,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
 
   api.get('/key-status', (c) => {
     const now = Date.now();
-    const key = keys.authenticate(c.req.raw.headers, now);
+    const key = keys.authenticate(c.env.incoming.headers, now);
     c.set('keyId', key.id);
     const budget = limits.budget(key, now);
     return c.json({

@@ -5,6 +5,7 @@
  * slow password hash buys nothing for a random secret of that size and would cost every request.
  * Lookup is by hash in a Map, then a constant-time comparison of the hashes.
  */
+import type { IncomingHttpHeaders } from 'node:http';
 import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import type { Config } from './config.ts';
 import { AuthenticationError } from './errors.ts';
@@ -98,10 +99,10 @@ export function keyStatus(record: KeyRecord, now: number): KeyState {
 }
 
 /** Pulls the presented key out of `x-api-key` or `Authorization: Bearer`. */
-export function presentedKey(headers: Headers): string | null {
-  const apiKey = headers.get('x-api-key');
-  if (apiKey) return apiKey.trim();
-  const auth = headers.get('authorization');
+export function presentedKey(headers: IncomingHttpHeaders): string | null {
+  const apiKey = headers['x-api-key'];
+  if (typeof apiKey === 'string' && apiKey) return apiKey.trim();
+  const auth = headers.authorization;
   if (auth) {
     const match = /^Bearer\s+(.+)$/i.exec(auth.trim());
     if (match?.[1]) return match[1].trim();
@@ -153,7 +154,7 @@ export class KeyRegistry {
   }
 
   /** The active key for a request's headers, or an AuthenticationError. */
-  authenticate(headers: Headers, now: number): KeyRecord {
+  authenticate(headers: IncomingHttpHeaders, now: number): KeyRecord {
     const presented = presentedKey(headers);
     if (!presented) {
       throw new AuthenticationError('Missing API key: send it in the x-api-key header or as Authorization: Bearer.');

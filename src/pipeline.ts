@@ -9,6 +9,7 @@
  * Whatever happens after admission, `finish` runs exactly once.
  */
 import type { HttpBindings } from '@hono/node-server';
+import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import type { Dispatcher } from 'undici';
 import { z } from 'zod';
@@ -60,24 +61,27 @@ export function inputTokenBound(bodyBytes: number): number {
   return bodyBytes + 1024;
 }
 
-export async function readBody(request: Request, limit: number): Promise<Uint8Array> {
-  const declared = Number(request.headers.get('content-length'));
+/**
+ * Reads the body straight off the Node request (not through a web Request, which costs a stream
+ * adapter per request), refusing it past `limit` whether declared or streamed.
+ */
+export async function readBody(incoming: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(incoming.headers['content-length']);
   if (declared > limit) throw new RequestTooLargeError(limit);
-  if (!request.body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
+  const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of request.body) {
+  for await (const chunk of incoming as AsyncIterable<Buffer>) {
     size += chunk.byteLength;
     if (size > limit) throw new RequestTooLargeError(limit);
     chunks.push(chunk);
   }
-  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
 }
 
-function parseJsonBody<T extends z.ZodType>(schema: T, body: Uint8Array): z.infer<T> {
+function parseJsonBody<T extends z.ZodType>(schema: T, body: Buffer): z.infer<T> {
   let json: unknown;
   try {
-    json = JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'));
+    json = JSON.parse(body.toString('utf8'));
   } catch (err) {
     throw new InvalidRequestError(`Request body is not valid JSON: ${(err as Error).message}`);
   }
@@ -119,6 +123,10 @@ class RequestMeter {
     this.admission = admission;
   }
 
+  get rateLimitHeaders(): Record<string, string> {
+    return this.admission?.headers ?? {};
+  }
+
   /** Ends the request: frees its limits, bills `usage` (when billable) and records it. Once. */
   finish(status: number, outcome: UsageOutcome, usage: TokenUsage = emptyUsage(), billable = true): void {
     if (this.done) return;
@@ -148,27 +156,50 @@ class RequestMeter {
   }
 }
 
+/** What differs between the two metered endpoints. */
+interface MeteredEndpoint {
+  name: UsageRecord['endpoint'];
+  path: string;
+  schema: typeof MessagesRequest | typeof CountTokensRequest;
+  /** Counts against the token budget (count_tokens counts against rpm and concurrency only). */
+  budgeted: boolean;
+}
+
+const MESSAGES: MeteredEndpoint = { name: 'messages', path: '/v1/messages', schema: MessagesRequest, budgeted: true };
+const COUNT_TOKENS: MeteredEndpoint = { name: 'count_tokens', path: '/v1/messages/count_tokens', schema: CountTokensRequest, budgeted: false };
+
 /** POST /v1/messages, JSON or SSE. */
-export async function handleMessages(c: GatewayContext, s: GatewayServices): Promise<Response> {
-  const key = s.keys.authenticate(c.req.raw.headers, c.get('startedAt'));
+export function handleMessages(c: GatewayContext, s: GatewayServices): Promise<Response> {
+  return proxyMetered(c, s, MESSAGES);
+}
+
+/** POST /v1/messages/count_tokens. */
+export function handleCountTokens(c: GatewayContext, s: GatewayServices): Promise<Response> {
+  return proxyMetered(c, s, COUNT_TOKENS);
+}
+
+async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: MeteredEndpoint): Promise<Response> {
+  const incoming = c.env.incoming;
+  const key = s.keys.authenticate(incoming.headers, c.get('startedAt'));
   c.set('keyId', key.id);
-  const meter = new RequestMeter(s, c, key, 'messages');
+  const meter = new RequestMeter(s, c, key, endpoint.name);
   const signal = c.req.raw.signal;
   try {
-    const body = await readBody(c.req.raw, s.config.maxBodyBytes);
-    const request = parseJsonBody(MessagesRequest, body);
+    const body = await readBody(incoming, s.config.maxBodyBytes);
+    const request = parseJsonBody(endpoint.schema, body);
     meter.model = request.model;
     meter.streamed = request.stream === true;
     const model = s.catalog.resolve(request.model, key);
-    const reserveTokens = s.config.budget.strict ? request.max_tokens + inputTokenBound(body.byteLength) : 0;
-    const admission = s.limits.admit(key, c.get('startedAt'), { checkBudget: true, reserveTokens });
-    meter.admitted(admission);
+    const maxTokens = typeof request.max_tokens === 'number' ? request.max_tokens : 0;
+    const reserveTokens = endpoint.budgeted && s.config.budget.strict ? maxTokens + inputTokenBound(body.byteLength) : 0;
+    meter.admitted(s.limits.admit(key, c.get('startedAt'), { checkBudget: endpoint.budgeted, reserveTokens }));
 
+    // The client's bytes go upstream as they came, unless the catalog maps the model id.
     const upstreamBody = model.upstream_id && model.upstream_id !== model.id
       ? JSON.stringify({ ...request, model: model.upstream_id })
       : body;
-    const upstream = await s.upstream.send({ method: 'POST', path: '/v1/messages', headers: c.req.raw.headers, body: upstreamBody, signal });
-    const headers = responseHeaders(upstream, admission);
+    const upstream = await s.upstream.send({ method: 'POST', path: endpoint.path, headers: incoming.headers, body: upstreamBody, signal });
+    const headers = responseHeaders(upstream, meter.rateLimitHeaders);
 
     if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
     if (isEventStream(upstream)) {
@@ -176,7 +207,7 @@ export async function handleMessages(c: GatewayContext, s: GatewayServices): Pro
       return new Response(relaySse(upstream.body, meter), { status: upstream.statusCode, headers });
     }
     const bytes = new Uint8Array(await upstream.body.arrayBuffer());
-    meter.finish(upstream.statusCode, 'ok', usageFromJson(bytes));
+    meter.finish(upstream.statusCode, 'ok', endpoint.budgeted ? usageFromJson(bytes) : emptyUsage(), endpoint.budgeted);
     return new Response(bytes, { status: upstream.statusCode, headers });
   } catch (err) {
     meter.fail(err, signal);
@@ -184,37 +215,9 @@ export async function handleMessages(c: GatewayContext, s: GatewayServices): Pro
   }
 }
 
-/** POST /v1/messages/count_tokens: counts against rpm and concurrency, never against the budget. */
-export async function handleCountTokens(c: GatewayContext, s: GatewayServices): Promise<Response> {
-  const key = s.keys.authenticate(c.req.raw.headers, c.get('startedAt'));
-  c.set('keyId', key.id);
-  const meter = new RequestMeter(s, c, key, 'count_tokens');
-  const signal = c.req.raw.signal;
-  try {
-    const body = await readBody(c.req.raw, s.config.maxBodyBytes);
-    const request = parseJsonBody(CountTokensRequest, body);
-    meter.model = request.model;
-    const model = s.catalog.resolve(request.model, key);
-    const admission = s.limits.admit(key, c.get('startedAt'), { checkBudget: false, reserveTokens: 0 });
-    meter.admitted(admission);
-    const upstreamBody = model.upstream_id && model.upstream_id !== model.id
-      ? JSON.stringify({ ...request, model: model.upstream_id })
-      : body;
-    const upstream = await s.upstream.send({ method: 'POST', path: '/v1/messages/count_tokens', headers: c.req.raw.headers, body: upstreamBody, signal });
-    const headers = responseHeaders(upstream, admission);
-    if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
-    const bytes = new Uint8Array(await upstream.body.arrayBuffer());
-    meter.finish(upstream.statusCode, 'ok', emptyUsage(), false);
-    return new Response(bytes, { status: upstream.statusCode, headers });
-  } catch (err) {
-    meter.fail(err, signal);
-    throw err;
-  }
-}
-
-function responseHeaders(upstream: Dispatcher.ResponseData, admission: Admission): Headers {
+function responseHeaders(upstream: Dispatcher.ResponseData, rateLimitHeaders: Record<string, string>): Headers {
   const headers = clientResponseHeaders(upstream.headers);
-  for (const [name, value] of Object.entries(admission.headers)) headers.set(name, value);
+  for (const name in rateLimitHeaders) headers.set(name, rateLimitHeaders[name]!);
   return headers;
 }
 

@@ -4,6 +4,7 @@
  * gateway's own upstream credential. Responses come back as a Node stream so bytes can be passed
  * on as they arrive.
  */
+import type { IncomingHttpHeaders } from 'node:http';
 import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import type { UpstreamConfig } from './config.ts';
 import { UpstreamError } from './errors.ts';
@@ -27,11 +28,12 @@ const DROP_RESPONSE_HEADERS = new Set([
 
 const DEFAULT_ANTHROPIC_VERSION = '2023-06-01';
 
-export function upstreamRequestHeaders(client: Headers, upstreamKey: string | undefined): Record<string, string> {
+export function upstreamRequestHeaders(client: IncomingHttpHeaders, upstreamKey: string | undefined): Record<string, string> {
   const headers: Record<string, string> = {};
-  client.forEach((value, name) => {
-    if (!DROP_REQUEST_HEADERS.has(name)) headers[name] = value;
-  });
+  for (const name in client) {
+    const value = client[name];
+    if (value !== undefined && !DROP_REQUEST_HEADERS.has(name)) headers[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
   headers['anthropic-version'] ??= DEFAULT_ANTHROPIC_VERSION;
   headers['content-type'] ??= 'application/json';
   if (upstreamKey) headers['x-api-key'] = upstreamKey;
@@ -52,7 +54,8 @@ export function clientResponseHeaders(upstream: Dispatcher.ResponseData['headers
 export interface UpstreamRequest {
   method: 'GET' | 'POST';
   path: string;
-  headers: Headers;
+  /** The client's headers as Node parsed them (names lower-cased). */
+  headers: IncomingHttpHeaders;
   body?: Uint8Array | string;
   signal: AbortSignal;
 }
