@@ -70,9 +70,11 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     c.set('requestId', requestId);
     c.set('startedAt', Date.now());
     c.set('keyId', undefined);
+    // Set before the handler runs: responses made with c.json carry these; proxied responses
+    // (pipeline.ts) set their own, and are not touched afterwards (see responseHeaders there).
+    c.header('x-request-id', requestId);
+    c.header('request-id', requestId);
     await next();
-    c.res.headers.set('x-request-id', requestId);
-    if (!c.res.headers.has('request-id')) c.res.headers.set('request-id', requestId);
     logger.info(
       { requestId, method: c.req.method, route: c.req.routePath, status: c.res.status, ms: Date.now() - c.get('startedAt'), keyId: c.get('keyId') },
       'request',

@@ -20,7 +20,7 @@ import type { KeyRegistry } from './keys.ts';
 import type { Admission, Limits } from './limits.ts';
 import type { Logger } from './logger.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
-import { clientResponseHeaders, type UpstreamClient } from './upstream.ts';
+import { clientResponseHeaders, type PlainHeaders, type UpstreamClient } from './upstream.ts';
 import { billedTokens, emptyUsage, SseUsageTap, usageFromJson, type TokenUsage, type UsageRecorder } from './usage.ts';
 
 export interface GatewayServices {
@@ -199,7 +199,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
       ? JSON.stringify({ ...request, model: model.upstream_id })
       : body;
     const upstream = await s.upstream.send({ method: 'POST', path: endpoint.path, headers: incoming.headers, body: upstreamBody, signal });
-    const headers = responseHeaders(upstream, meter.rateLimitHeaders);
+    const headers = responseHeaders(upstream, c.get('requestId'), meter.rateLimitHeaders);
 
     if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
     if (isEventStream(upstream)) {
@@ -215,9 +215,15 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
   }
 }
 
-function responseHeaders(upstream: Dispatcher.ResponseData, rateLimitHeaders: Record<string, string>): Headers {
+/**
+ * Everything the client gets on a proxied response, built here in full: the gateway middleware
+ * leaves these responses' headers alone so they reach writeHead as they are.
+ */
+function responseHeaders(upstream: Dispatcher.ResponseData, requestId: string, rateLimitHeaders: Record<string, string>): PlainHeaders {
   const headers = clientResponseHeaders(upstream.headers);
-  for (const name in rateLimitHeaders) headers.set(name, rateLimitHeaders[name]!);
+  headers['x-request-id'] = requestId;
+  headers['request-id'] ??= requestId;
+  for (const name in rateLimitHeaders) headers[name] = rateLimitHeaders[name]!;
   return headers;
 }
 
@@ -231,7 +237,7 @@ function isEventStream(upstream: Dispatcher.ResponseData): boolean {
  * gateway's own upstream credential was refused, which the client can do nothing about (and an
  * SDK would report as the client's key being wrong), so it becomes a 502.
  */
-async function relayError(upstream: Dispatcher.ResponseData, headers: Headers, meter: RequestMeter): Promise<Response> {
+async function relayError(upstream: Dispatcher.ResponseData, headers: PlainHeaders, meter: RequestMeter): Promise<Response> {
   const bytes = new Uint8Array(await upstream.body.arrayBuffer());
   if (upstream.statusCode === 401) {
     meter.finish(502, 'error');

@@ -40,13 +40,20 @@ export function upstreamRequestHeaders(client: IncomingHttpHeaders, upstreamKey:
   return headers;
 }
 
-/** Response headers a client may see: the upstream's, less hop-by-hop and account details. */
-export function clientResponseHeaders(upstream: Dispatcher.ResponseData['headers']): Headers {
-  const headers = new Headers();
-  for (const [name, value] of Object.entries(upstream)) {
+export type PlainHeaders = Record<string, string>;
+
+/**
+ * Response headers a client may see: the upstream's, less hop-by-hop and account details. A plain
+ * object rather than a Headers instance: @hono/node-server hands a plain object straight to
+ * writeHead, where a Headers instance would be converted again on every response.
+ */
+export function clientResponseHeaders(upstream: Dispatcher.ResponseData['headers']): PlainHeaders {
+  const headers: PlainHeaders = {};
+  for (const name in upstream) {
+    const value = upstream[name];
     if (value === undefined || DROP_RESPONSE_HEADERS.has(name) || name.startsWith('anthropic-ratelimit-')) continue;
-    if (Array.isArray(value)) for (const v of value) headers.append(name, v);
-    else headers.set(name, value);
+    // set-cookie, the one header that must stay a list, is dropped above.
+    headers[name] = Array.isArray(value) ? value.join(', ') : value;
   }
   return headers;
 }
