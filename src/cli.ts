@@ -198,6 +198,8 @@ async function runStart(config: Config): Promise<void> {
       },
     );
   };
+  // A stray rejection is a gateway bug, not a reason to drop every client's connection.
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }
