@@ -100,7 +100,7 @@ function parseJsonBody<T extends z.ZodType>(schema: T, body: Buffer): z.infer<T>
 /** What a request leaves in the usage log, filled in as the pipeline learns it. */
 class RequestMeter {
   private readonly services: GatewayServices;
-  private readonly record: Omit<UsageRecord, 'status' | 'outcome' | 'latencyMs' | 'ts' | 'billedTokens' | 'inputTokens' | 'outputTokens' | 'cacheCreationTokens' | 'cacheReadTokens'>;
+  private readonly record: Pick<UsageRecord, 'keyId' | 'requestId' | 'endpoint' | 'model' | 'cached' | 'streamed'>;
   private readonly startedAt: number;
   private admission: Admission | undefined;
   private done = false;
@@ -152,7 +152,7 @@ class RequestMeter {
   /** A refusal or fault before any response: nothing billed, the status recorded. */
   fail(err: unknown, signal: AbortSignal): void {
     const status = signal.aborted ? 499 : ((err as { status?: number }).status ?? 500);
-    this.finish(status, signal.aborted ? 'client_closed' : status === 429 || status < 500 ? 'rejected' : 'error');
+    this.finish(status, signal.aborted ? 'client_closed' : status < 500 ? 'rejected' : 'error');
   }
 }
 

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, parseDuration } from '../src/config.ts';
+import { thrownBy } from './helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'claudcode-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -20,13 +21,7 @@ function configFile(content: unknown): string {
 
 /** The ConfigError thrown by `fn` (fails the test if none is thrown). */
 function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return err as ConfigError;
-  }
-  throw new Error('expected a ConfigError');
+  return thrownBy(fn, ConfigError);
 }
 
 describe('loadConfig defaults', () => {

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import Anthropic from '@anthropic-ai/sdk';
+import { expect } from 'vitest';
 import { parseConfig, type ConfigInput } from '../src/config.ts';
 import { createGateway, type Gateway } from '../src/gateway.ts';
 import { createKey, type NewKeyOptions } from '../src/keys.ts';
@@ -90,6 +91,17 @@ export async function keyTotals(store: Store, keyId: string) {
 export async function recordedUsage(stack: Stack, keyId: string) {
   await stack.gateway.services.usage.flush();
   return keyTotals(stack.gateway.store, keyId);
+}
+
+/** The error `fn` throws, checked to be an instance of `type` (fails the test if nothing is thrown). */
+export function thrownBy<T extends Error>(fn: () => unknown, type: new (...args: never[]) => T): T {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(type);
+    return err as T;
+  }
+  throw new Error(`expected a ${type.name}, but nothing was thrown`);
 }
 
 export const MESSAGE = { role: 'user' as const, content: 'Hello there' };

@@ -3,6 +3,7 @@
  * (rpm sliding window, concurrency, rolling token budget incl. strict reservations) driven by
  * explicit clock values.
  */
+import { thrownBy } from './helpers.ts';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { InvalidRequestError, RateLimitError } from '../src/errors.ts';
 import { formatWait, formatWindow, Limits } from '../src/limits.ts';
@@ -36,13 +37,7 @@ const SOFT = { checkBudget: true, reserveTokens: 0 };
 
 /** Runs `fn`, expects a RateLimitError and returns it. */
 function refusal(fn: () => unknown): RateLimitError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(RateLimitError);
-    return err as RateLimitError;
-  }
-  throw new Error('expected a RateLimitError, but the request was admitted');
+  return thrownBy(fn, RateLimitError);
 }
 
 afterEach(() => {
@@ -312,15 +307,9 @@ describe('Limits: strict reservations', () => {
   it('refuses a reservation larger than the whole budget with a 400, since waiting never helps', () => {
     const limits = new Limits();
     const key = keyRecord({ budgetTokens: 1000, windowSeconds: 3600 });
-    let caught: unknown;
-    try {
-      limits.admit(key, T0, { checkBudget: true, reserveTokens: 1001 });
-    } catch (err) {
-      caught = err;
-    }
-    expect(caught).toBeInstanceOf(InvalidRequestError);
-    expect((caught as InvalidRequestError).status).toBe(400);
-    expect((caught as Error).message).toMatch(/up to 1001 tokens .* whole budget of 1000\. Lower max_tokens\./);
+    const caught = thrownBy(() => limits.admit(key, T0, { checkBudget: true, reserveTokens: 1001 }), InvalidRequestError);
+    expect(caught.status).toBe(400);
+    expect(caught.message).toMatch(/up to 1001 tokens .* whole budget of 1000\. Lower max_tokens\./);
     expect(limits.inFlightCount(key.id)).toBe(0);
   });
 
