@@ -434,3 +434,36 @@ describe('errors', () => {
     }
   });
 });
+
+describe('model catalog mapping', () => {
+  it('sends the catalog\'s upstream id and serves only the configured catalog', async () => {
+    const prices = { input: 3, output: 15, cache_write: 3.75, cache_read: 0.3 };
+    const mapped = await startStack({
+      config: {
+        models: [
+          { id: 'sonnet', upstream_id: 'claude-sonnet-4-6', display_name: 'Sonnet', prices },
+          { id: 'claude-haiku-4-5', display_name: 'Haiku', prices },
+        ],
+      },
+    });
+    try {
+      const k = await mapped.newKey();
+      const client = mapped.client(k.key);
+      await client.messages.create({ model: 'sonnet', max_tokens: 10, messages: [MESSAGE] });
+      expect(JSON.parse(mapped.fake.requests.at(-1)!.body).model).toBe('claude-sonnet-4-6');
+      await client.messages.stream({ model: 'sonnet', max_tokens: 10, messages: [MESSAGE] }).finalMessage();
+      expect(JSON.parse(mapped.fake.requests.at(-1)!.body).model).toBe('claude-sonnet-4-6');
+      // Unmapped ids go through byte for byte.
+      const body = JSON.stringify({ model: 'claude-haiku-4-5', max_tokens: 10, messages: [MESSAGE] });
+      const res = await request(`${mapped.url}/v1/messages`, { method: 'POST', headers: { 'x-api-key': k.key }, body });
+      await res.body.dump();
+      expect(mapped.fake.requests.at(-1)!.body).toBe(body);
+      const ids = [];
+      for await (const model of client.models.list()) ids.push(model.id);
+      expect(ids).toEqual(['sonnet', 'claude-haiku-4-5']);
+      await expect(client.messages.create({ model: 'claude-opus-4-6', max_tokens: 10, messages: [MESSAGE] })).rejects.toBeInstanceOf(Anthropic.BadRequestError);
+    } finally {
+      await mapped.close();
+    }
+  });
+});
