@@ -9,7 +9,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import type { Config } from './config.ts';
 import { AuthenticationError } from './errors.ts';
-import type { KeyPatch, KeyRecord, Store } from './store/types.ts';
+import type { KeyRecord, Store } from './store/types.ts';
 
 export const KEY_PREFIX = 'sk-cc-';
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
@@ -171,4 +171,3 @@ export class KeyRegistry {
   }
 }
 
-export type { KeyPatch };
