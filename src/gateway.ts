@@ -15,7 +15,7 @@ import { GatewayError, InternalError, NotFoundError, ServiceUnavailableError, to
 import { KeyRegistry, keyStatus } from './keys.ts';
 import { formatWait, formatWindow, Limits } from './limits.ts';
 import { createLogger, type Logger } from './logger.ts';
-import { handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
+import { authenticateRequest, handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/types.ts';
 import { UpstreamClient } from './upstream.ts';
@@ -108,8 +108,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   api.post('/messages/count_tokens', (c) => handleCountTokens(c, services));
 
   api.get('/models', (c) => {
-    const key = keys.authenticate(c.env.incoming.headers, c.get('startedAt'));
-    c.set('keyId', key.id);
+    const key = authenticateRequest(c, keys);
     const models = catalog.visibleTo(key);
     const limit = Math.min(1000, Math.max(1, Number(c.req.query('limit') ?? 20) || 20));
     const afterId = c.req.query('after_id');
@@ -129,8 +128,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   });
 
   api.get('/models/:id', (c) => {
-    const key = keys.authenticate(c.env.incoming.headers, c.get('startedAt'));
-    c.set('keyId', key.id);
+    const key = authenticateRequest(c, keys);
     const model = catalog.visibleTo(key).find((m) => m.id === c.req.param('id'));
     if (!model) throw new NotFoundError(`model: ${c.req.param('id')}`);
     return c.json(modelObject(model));
@@ -138,8 +136,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
 
   api.get('/key-status', (c) => {
     const now = Date.now();
-    const key = keys.authenticate(c.env.incoming.headers, now);
-    c.set('keyId', key.id);
+    const key = authenticateRequest(c, keys, now);
     const budget = limits.budget(key, now);
     return c.json({
       key: key.preview,

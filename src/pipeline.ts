@@ -52,6 +52,13 @@ const CountTokensRequest = z.looseObject({
   messages: z.array(z.unknown()),
 });
 
+/** The request's key (or an AuthenticationError), noted on the context for the access log. */
+export function authenticateRequest(c: GatewayContext, keys: KeyRegistry, now: number = c.get('startedAt')): KeyRecord {
+  const key = keys.authenticate(c.env.incoming.headers, now);
+  c.set('keyId', key.id);
+  return key;
+}
+
 /**
  * Strict mode's bound on input tokens: one token per body byte (a token never covers less than
  * a byte of text, and base64 media costs far fewer tokens than bytes), plus room for the system
@@ -180,8 +187,7 @@ export function handleCountTokens(c: GatewayContext, s: GatewayServices): Promis
 
 async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: MeteredEndpoint): Promise<Response> {
   const incoming = c.env.incoming;
-  const key = s.keys.authenticate(incoming.headers, c.get('startedAt'));
-  c.set('keyId', key.id);
+  const key = authenticateRequest(c, s.keys);
   const meter = new RequestMeter(s, c, key, endpoint.name);
   const signal = c.req.raw.signal;
   try {
