@@ -7,13 +7,16 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashKey } from '../src/keys.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { ADMIN_TOKEN, MESSAGE, startStack, type Stack } from './helpers.ts';
 
-const ROOT = '/work/main';
-const NODE = join(ROOT, 'node_modules/.bin/node');
+/** The checkout this test file lives in, wherever it was cloned. */
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+/** The Node running the tests (the project's Node 24), for the CLI child processes too. */
+const NODE = process.execPath;
 
 interface Run {
   code: number;
