@@ -1,14 +1,17 @@
 /**
  * The admin API (/admin/...), behind the admin token: keys and usage reports. The CLI's --url
- * mode speaks to it; the same validation (KeyInput) serves both.
+ * mode speaks to it; the same validation (KeyInput) serves both. Wrong tokens are throttled per
+ * client address (admin-throttle.ts) and logged without the token.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import type { ModelCatalog } from './catalog.ts';
-import { Duration, parseDuration, type Config } from './config.ts';
-import { AuthenticationError, InvalidRequestError, NotFoundError } from './errors.ts';
+import { AdminThrottle } from './admin-throttle.ts';
+import { WindowDuration, type Config } from './config.ts';
+import { AuthenticationError, InvalidRequestError, NotFoundError, RateLimitError } from './errors.ts';
 import { createKey, describeKey, type KeyRegistry } from './keys.ts';
+import type { Logger } from './logger.ts';
 import type { GatewayEnv } from './pipeline.ts';
 import { usageReport } from './reports.ts';
 import type { KeyPatch, Store } from './store/types.ts';
@@ -22,7 +25,7 @@ export const KeyInput = z.strictObject({
   rpm: z.number().int().positive(),
   concurrent: z.number().int().positive(),
   budget_tokens: z.number().int().positive(),
-  window: Duration,
+  window: WindowDuration,
   expires_at: z.iso.datetime({ offset: true }).nullable(),
   disabled: z.boolean(),
 });
@@ -68,12 +71,24 @@ export async function resolveAdminToken(store: Store, configured: string | undef
   return { hash, generated };
 }
 
-function parseTime(value: string | undefined, name: string): number | undefined {
+const RELATIVE_UNIT_MS = { m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+/** Report bounds are dates of four-digit years: far enough for any report, and always printable. */
+const EARLIEST_REPORT_TIME = Date.parse('0000-01-01T00:00:00Z');
+const LATEST_REPORT_TIME = Date.parse('9999-12-31T23:59:59.999Z');
+
+/**
+ * A usage report bound (`since`, `until`): an ISO date, or a duration back from now ("24h", "7d";
+ * "0h" is now). Anything else, or a time outside years 0000-9999, is an InvalidRequestError
+ * naming the parameter, so the admin API answers 400 and the CLI prints one line.
+ */
+function parseTime(value: string | undefined, name: string, now: number = Date.now()): number | undefined {
   if (value === undefined || value === '') return undefined;
   const relative = /^(\d+)(m|h|d)$/.exec(value);
-  if (relative) return Date.now() - parseDuration(value) * 1000;
-  const ms = Date.parse(value);
+  const ms = relative ? now - Number(relative[1]) * RELATIVE_UNIT_MS[relative[2] as 'm' | 'h' | 'd'] : Date.parse(value);
   if (Number.isNaN(ms)) throw new InvalidRequestError(`${name}: expected an ISO date or a duration like 24h, 7d`);
+  if (!(ms >= EARLIEST_REPORT_TIME && ms <= LATEST_REPORT_TIME)) {
+    throw new InvalidRequestError(`${name}: "${value}" is out of range (a time between years 0000 and 9999)`);
+  }
   return ms;
 }
 
@@ -83,18 +98,36 @@ export interface AdminDeps {
   keys: KeyRegistry;
   catalog: ModelCatalog;
   adminTokenHash: Buffer;
+  logger: Logger;
 }
 
 export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
-  const { store, keys, catalog } = deps;
+  const { store, keys, catalog, logger } = deps;
   const admin = new Hono<GatewayEnv>();
+  const throttle = new AdminThrottle(deps.config.adminThrottle);
 
   admin.use('*', async (c, next) => {
+    // The socket's peer, not X-Forwarded-For: a header is whatever the client wants it to be.
+    const remoteAddress = c.env.incoming.socket.remoteAddress ?? 'unknown';
+    const now = Date.now();
+    const waitMs = throttle.retryAfterMs(remoteAddress, now);
+    if (waitMs > 0) {
+      throw new RateLimitError('Admin API: too many wrong admin tokens from this address. Try again later.', waitMs / 1000, {});
+    }
     const match = /^Bearer\s+(.+)$/i.exec(c.req.header('authorization') ?? '');
     const presented = match?.[1]?.trim();
     if (!presented || !timingSafeEqual(sha256(presented), deps.adminTokenHash)) {
+      const { failures, throttleStarted } = throttle.recordFailure(remoteAddress, now);
+      logger.warn({ requestId: c.get('requestId'), remoteAddress, failures }, 'admin token rejected');
+      if (throttleStarted) {
+        logger.warn(
+          { remoteAddress, failures, retryAfterMs: throttle.retryAfterMs(remoteAddress, now) },
+          'admin token attempts throttled: refusing this address until its failures leave the window',
+        );
+      }
       throw new AuthenticationError('Admin API: missing or wrong admin token (Authorization: Bearer <CLAUDCODE_ADMIN_TOKEN>).');
     }
+    throttle.recordSuccess(remoteAddress);
     await next();
   });
 

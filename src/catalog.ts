@@ -3,7 +3,7 @@
  * estimates. /v1/models shows each key only the models it may use.
  */
 import type { ModelEntry } from './config.ts';
-import { InvalidRequestError, PermissionError } from './errors.ts';
+import { clip, InvalidRequestError, PermissionError } from './errors.ts';
 import type { KeyRecord } from './store/types.ts';
 import type { TokenUsage } from './usage.ts';
 
@@ -25,7 +25,7 @@ export class ModelCatalog {
     const model = this.byId.get(id);
     if (!model) {
       throw new InvalidRequestError(
-        `model: unknown model "${id}". Models this gateway serves: ${this.visibleTo(key).map((m) => m.id).join(', ')}.`,
+        `model: unknown model "${clip(id)}". Models this gateway serves: ${this.visibleTo(key).map((m) => m.id).join(', ')}.`,
       );
     }
     if (!allows(key, id)) throw new PermissionError(`This key doesn't have access to this model (${id}).`);

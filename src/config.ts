@@ -45,18 +45,41 @@ export function parseDuration(text: string): number {
   return Math.round(seconds);
 }
 
-/** Seconds, given as a number or as "5h", "90m", ... (the message names what was wrong). */
-export const Duration = z.union([z.number(), z.string()]).transform((value, ctx) => {
-  try {
-    if (typeof value === 'number') {
-      if (!Number.isInteger(value) || value < 1) throw new Error(`invalid duration ${value} (whole seconds, at least 1)`);
-      return value;
-    }
-    return parseDuration(value);
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message });
-    return z.NEVER;
+/** Whole seconds from a number or a duration text; throws a message naming what was wrong. */
+function durationSeconds(value: number | string): number {
+  if (typeof value === 'number') {
+    if (!Number.isInteger(value) || value < 1) throw new Error(`invalid duration ${value} (whole seconds, at least 1)`);
+    return value;
   }
+  return parseDuration(value);
+}
+
+/** A zod schema for seconds given as a number or as "5h", "90m", ..., checked by `seconds`. */
+function durationSchema(seconds: (value: number | string) => number) {
+  return z.union([z.number(), z.string()]).transform((value, ctx) => {
+    try {
+      return seconds(value);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+}
+
+/** Seconds, given as a number or as "5h", "90m", ... (the message names what was wrong). */
+export const Duration = durationSchema(durationSeconds);
+
+/** Budget windows: budgets are kept in one-minute buckets, so a window shorter than one is meaningless. */
+export const MIN_WINDOW_SECONDS = 60;
+/** A year and a day: longer windows only make start-up (which reloads a window of usage) and dates overflow. */
+export const MAX_WINDOW_SECONDS = 366 * 86400;
+
+/** A key's budget window: a Duration between one minute and 366 days. */
+export const WindowDuration = durationSchema((value) => {
+  const seconds = durationSeconds(value);
+  if (seconds < MIN_WINDOW_SECONDS) throw new Error(`${JSON.stringify(value)} is too short for a budget window: at least 60s (budgets are counted per minute)`);
+  if (seconds > MAX_WINDOW_SECONDS) throw new Error(`${JSON.stringify(value)} is too long for a budget window: at most 366d`);
+  return seconds;
 });
 
 const BoolFromEnv = z.union([z.boolean(), z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1')]);
@@ -98,6 +121,26 @@ export const ConfigSchema = z.object({
   maxBodyBytes: z.coerce.number().int().positive().default(32 * 1024 * 1024),
   /** How long an upstream may stay silent (headers or between body chunks) before 502. */
   upstreamTimeoutMs: z.coerce.number().int().positive().default(600_000),
+  /**
+   * How long a client has to send a request's head (line and headers) from its first byte, or
+   * from connecting: an idle or trickling socket is answered 408 and closed. Node's default, 60 s
+   * checked every 30 s, let a silent socket hold a connection for 90 s.
+   */
+  headersTimeoutMs: z.coerce.number().int().positive().default(15_000),
+  /**
+   * How long a client has to send a whole request, head and body (32 MiB in 120 s is 2.2 Mbit/s).
+   * Covers receiving the request only: a response may stream for as long as it takes.
+   */
+  requestTimeoutMs: z.coerce.number().int().positive().default(120_000),
+  /** Wrong admin tokens per client address: past `maxFailures` in `windowMs`, 429 without checking. */
+  adminThrottle: z
+    .object({
+      maxFailures: z.number().int().positive().default(10),
+      windowMs: z.number().int().positive().default(60_000),
+      /** Addresses tracked at once; the one that failed longest ago is forgotten first. */
+      maxAddresses: z.number().int().positive().default(10_000),
+    })
+    .prefault({}),
   /** On SIGTERM: how long in-flight requests get to finish before they are cut. */
   shutdownGraceMs: z.coerce.number().int().nonnegative().default(30_000),
   /** Maintenance mode: the API answers 503, admin stays reachable. */
@@ -124,12 +167,21 @@ export const ConfigSchema = z.object({
   keyDefaults: z
     .object({
       budgetTokens: z.number().int().positive().default(5_000_000),
-      windowSeconds: Duration.default(5 * 3600),
+      windowSeconds: WindowDuration.default(5 * 3600),
       rpm: z.number().int().positive().default(60),
       concurrent: z.number().int().positive().default(5),
     })
     .prefault({}),
   models: z.array(ModelEntry).min(1).default(DEFAULT_MODELS as z.infer<typeof ModelEntry>[]),
+}).superRefine((config, ctx) => {
+  // Node refuses to start a server with a head deadline past the whole request's.
+  if (config.headersTimeoutMs > config.requestTimeoutMs) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['headersTimeoutMs'],
+      message: `${config.headersTimeoutMs} is longer than requestTimeoutMs (${config.requestTimeoutMs}); the head is part of the request`,
+    });
+  }
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -183,6 +235,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
     redisUrl: env.REDIS_URL,
     logLevel: env.CLAUDCODE_LOG_LEVEL,
     maxBodyBytes: env.CLAUDCODE_MAX_BODY_BYTES,
+    headersTimeoutMs: env.CLAUDCODE_HEADERS_TIMEOUT_MS,
+    requestTimeoutMs: env.CLAUDCODE_REQUEST_TIMEOUT_MS,
     maintenance: env.CLAUDCODE_MAINTENANCE,
   };
   const merged: Record<string, unknown> = { ...fromFile };

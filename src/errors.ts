@@ -11,6 +11,7 @@ export type AnthropicErrorType =
   | 'not_found_error'
   | 'request_too_large'
   | 'rate_limit_error'
+  | 'timeout_error'
   | 'api_error'
   | 'overloaded_error';
 
@@ -59,6 +60,26 @@ export class RequestTooLargeError extends GatewayError {
   }
 }
 
+/**
+ * 431: the request's header block is over the gateway's bounds (too many header lines, or too
+ * many bytes of them). Typed request_too_large like a 413, the closest of Anthropic's types.
+ */
+export class RequestHeadersTooLargeError extends GatewayError {
+  constructor(message: string) {
+    super(431, 'request_too_large', message);
+  }
+}
+
+/**
+ * 408: the client did not send its whole request (head, or head and body) in time. Anthropic's
+ * timeout_error type; SDKs retry a 408, which suits a client that was merely slow.
+ */
+export class RequestTimeoutError extends GatewayError {
+  constructor(message: string) {
+    super(408, 'timeout_error', message);
+  }
+}
+
 export class RateLimitError extends GatewayError {
   readonly retryAfterSeconds: number;
   constructor(message: string, retryAfterSeconds: number, rateLimitHeaders: Record<string, string>) {
@@ -86,6 +107,14 @@ export class ServiceUnavailableError extends GatewayError {
   constructor(message: string) {
     super(503, 'overloaded_error', message);
   }
+}
+
+/**
+ * Client-supplied text cut to a length safe to echo in an error message or keep in a usage
+ * record: a refusal must not cost more than the request that caused it.
+ */
+export function clip(text: string, max = 64): string {
+  return text.length <= max ? text : `${text.slice(0, max)}…`;
 }
 
 export interface AnthropicErrorBody {

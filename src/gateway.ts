@@ -3,21 +3,21 @@
  * it, and shuts it down without losing usage (SIGTERM: stop accepting, let in-flight requests
  * finish within the grace period, write the usage queue, close the store).
  */
-import { randomUUID } from 'node:crypto';
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import { adminRoutes, resolveAdminToken } from './admin.ts';
 import { ModelCatalog, modelObject } from './catalog.ts';
-import type { Config } from './config.ts';
+import { MAX_WINDOW_SECONDS, type Config } from './config.ts';
 import { GatewayError, InternalError, NotFoundError, ServiceUnavailableError, toErrorBody } from './errors.ts';
+import { clientErrorHandler, httpServerOptions, newRequestId } from './http-server.ts';
 import { KeyRegistry, keyStatus } from './keys.ts';
 import { formatWait, formatWindow, Limits } from './limits.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { authenticateRequest, handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
 import { SqliteStore } from './store/sqlite.ts';
-import type { Store } from './store/types.ts';
+import type { KeyRecord, Store } from './store/types.ts';
 import { UpstreamClient } from './upstream.ts';
 import { UsageRecorder } from './usage.ts';
 
@@ -36,15 +36,48 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
+/** Bodies up to this size are read and discarded after an early refusal, to keep the connection. */
+const DISCARD_UNREAD_BODY_BYTES = 1024 * 1024;
+
+/**
+ * Refused before a large body was all in (a key at its limits, a body too large or malformed
+ * early): the connection is closed after the answer rather than kept alive, which would mean
+ * reading and discarding the rest of an upload of up to 32 MiB (or, chunked, without end). A
+ * client still sending may then see the connection reset instead of the answer; small bodies,
+ * the common case, keep the connection and get the answer.
+ */
+function leavesLargeUpload(incoming: IncomingMessage): boolean {
+  if (incoming.complete) return false;
+  const declared = Number(incoming.headers['content-length']);
+  return !(declared <= DISCARD_UNREAD_BODY_BYTES);
+}
+
+/**
+ * A key whose window grew needs usage its ledger dropped while the window was smaller (or never
+ * loaded): read it back from the store before the new window takes effect.
+ */
+async function restoreGrownWindows(store: Store, limits: Limits, next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>): Promise<void> {
+  const now = Date.now();
+  for (const key of next) {
+    const before = previous.get(key.id);
+    if (!before || key.windowSeconds <= before.windowSeconds) continue;
+    const range = limits.missingRange(key.id, key.windowSeconds, now);
+    if (range) limits.backfill(key.id, range, await store.budgetBuckets(range.sinceMs, { keyId: key.id, untilMs: range.untilMs }));
+  }
+}
+
 export async function createGateway(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const store = options.store ?? new SqliteStore(config.dataDir);
   const catalog = new ModelCatalog(config.models);
-  const keys = new KeyRegistry(store);
-  await keys.start(config.keyRefreshMs, (err) => logger.error({ err }, 'key refresh failed'));
   const limits = new Limits();
-  const longestWindow = Math.max(config.keyDefaults.windowSeconds, ...(await store.listKeys()).map((k) => k.windowSeconds));
-  limits.load(await store.budgetBuckets(Date.now() - longestWindow * 1000 - 60_000));
+  // Windows are capped at MAX_WINDOW_SECONDS; a key stored before the cap cannot make the
+  // start-up load read further back than that.
+  const longestWindow = Math.min(MAX_WINDOW_SECONDS, Math.max(config.keyDefaults.windowSeconds, ...(await store.listKeys()).map((k) => k.windowSeconds)));
+  const loadFrom = Date.now() - longestWindow * 1000 - 60_000;
+  limits.load(await store.budgetBuckets(loadFrom), loadFrom);
+  const keys = new KeyRegistry(store, (next, previous) => restoreGrownWindows(store, limits, next, previous));
+  await keys.start(config.keyRefreshMs, (err) => logger.error({ err }, 'key refresh failed'));
   const usage = new UsageRecorder(store, config.usageFlushMs, (err) => logger.error({ err }, 'usage write failed; will retry'));
   const upstream = new UpstreamClient(config.upstreams, config.upstreamTimeoutMs);
   const admin = await resolveAdminToken(store, config.adminToken);
@@ -66,7 +99,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   app.use('*', async (c, next) => {
     inFlight++;
     c.env.outgoing.once('close', responseDone);
-    const requestId = `req_cc_${randomUUID().replaceAll('-', '')}`;
+    const requestId = newRequestId();
     c.set('requestId', requestId);
     c.set('startedAt', Date.now());
     c.set('keyId', undefined);
@@ -86,7 +119,8 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     if (c.req.raw.signal.aborted) return c.body(null, 499 as 400);
     const gatewayError = err instanceof GatewayError ? err : new InternalError();
     if (!(err instanceof GatewayError)) logger.error({ err, requestId: c.get('requestId') }, 'unhandled error');
-    return c.json(toErrorBody(gatewayError, c.get('requestId')), gatewayError.status as 400, gatewayError.headers);
+    const headers = leavesLargeUpload(c.env.incoming) ? { ...gatewayError.headers, connection: 'close' } : gatewayError.headers;
+    return c.json(toErrorBody(gatewayError, c.get('requestId')), gatewayError.status as 400, headers);
   });
 
   app.notFound((c) => {
@@ -155,7 +189,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   // SDKs given a base URL that already ends in /v1 call /v1/v1/...: answer there too.
   app.route('/v1', api);
   app.route('/v1/v1', api);
-  app.route('/admin', adminRoutes({ config, store, keys, catalog, adminTokenHash: admin.hash }));
+  app.route('/admin', adminRoutes({ config, store, keys, catalog, adminTokenHash: admin.hash, logger }));
 
   let server: Server | undefined;
   let closing: Promise<void> | undefined;
@@ -167,11 +201,13 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     generatedAdminToken: admin.generated,
     listen() {
       return new Promise((resolve, reject) => {
-        const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info: AddressInfo) => {
+        // Timeouts and head limits (http-server.ts) bound what a slow or idle client can hold.
+        const serverOptions = httpServerOptions(config);
+        const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host, serverOptions }, (info: AddressInfo) => {
           const host = info.family === 'IPv6' ? `[${info.address}]` : info.address;
           resolve({ url: `http://${host}:${info.port}`, server: s as Server });
         }) as Server;
-        s.keepAliveTimeout = 65_000;
+        s.on('clientError', clientErrorHandler(config, logger));
         s.once('error', reject);
         server = s;
       });

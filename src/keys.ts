@@ -120,9 +120,15 @@ export class KeyRegistry {
   private timer: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> | undefined;
   private readonly store: Store;
+  private readonly beforeReload: ((next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>) => Promise<void>) | undefined;
 
-  constructor(store: Store) {
+  /**
+   * `beforeReload` runs with the new key records before they take effect (e.g. to rebuild the
+   * budget of a key whose window grew), so no request sees a key its limits are not ready for.
+   */
+  constructor(store: Store, beforeReload?: (next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>) => Promise<void>) {
     this.store = store;
+    this.beforeReload = beforeReload;
   }
 
   async start(refreshMs: number, onError: (err: unknown) => void): Promise<void> {
@@ -144,6 +150,9 @@ export class KeyRegistry {
         const generation = await this.store.keysGeneration();
         if (generation === this.generation) return;
         const keys = await this.store.listKeys();
+        if (this.beforeReload && this.generation !== -1) {
+          await this.beforeReload(keys, new Map([...this.byHash.values()].map((k) => [k.id, k])));
+        }
         this.byHash = new Map(keys.map((k) => [k.hash, k]));
         this.generation = generation;
       } finally {

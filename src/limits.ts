@@ -57,7 +57,16 @@ class TokenLedger {
   readonly buckets = new Map<number, number>();
   total = 0;
   reserved = 0;
+  /**
+   * The first minute this ledger holds every billed token of: older buckets were dropped as
+   * outside the window (see `used`) or never loaded from the store.
+   */
+  coveredFrom: number;
   private lastMinute = -Infinity;
+
+  constructor(coveredFrom: number) {
+    this.coveredFrom = coveredFrom;
+  }
 
   add(minute: number, tokens: number): void {
     // A clock that stepped back bills into the newest bucket so the order stays sorted.
@@ -73,6 +82,7 @@ class TokenLedger {
       if ((minute + 1) * MINUTE_MS + windowMs > now) break;
       this.buckets.delete(minute);
       this.total -= tokens;
+      this.coveredFrom = Math.max(this.coveredFrom, minute + 1);
     }
     return this.total;
   }
@@ -88,11 +98,31 @@ class TokenLedger {
     return remaining <= target ? now : now + windowMs;
   }
 
+  /** Puts back buckets older than every bucket held (read again from the store). */
+  prepend(older: ReadonlyArray<{ minute: number; tokens: number }>): void {
+    const newer = [...this.buckets];
+    this.buckets.clear();
+    for (const b of [...older].sort((x, y) => x.minute - y.minute)) {
+      this.buckets.set(b.minute, (this.buckets.get(b.minute) ?? 0) + b.tokens);
+      this.total += b.tokens;
+    }
+    for (const [minute, tokens] of newer) this.buckets.set(minute, (this.buckets.get(minute) ?? 0) + tokens);
+  }
+
   /** When the oldest counted tokens leave the window. */
   oldestExpiry(windowMs: number): number | null {
     for (const minute of this.buckets.keys()) return (minute + 1) * MINUTE_MS + windowMs;
     return null;
   }
+}
+
+/** X-RateLimit-*-Tokens: the key's budget, what is left of it, and when it next grows. */
+function tokenHeaders(key: KeyRecord, remaining: number, resetAt: number): Record<string, string> {
+  return {
+    'x-ratelimit-limit-tokens': String(key.budgetTokens),
+    'x-ratelimit-remaining-tokens': String(Math.max(0, remaining)),
+    'x-ratelimit-reset-tokens': String(Math.ceil(resetAt / 1000)),
+  };
 }
 
 export interface BudgetStatus {
@@ -106,6 +136,12 @@ export interface BudgetStatus {
 export interface Admission {
   /** X-RateLimit-* headers for the response. */
   readonly headers: Record<string, string>;
+  /**
+   * Strict mode, once the body is read: reserves `tokens` (the request's worst case) until the
+   * request finishes, or throws RateLimitError / InvalidRequestError as `admit` does. The
+   * admission stays held either way; `finish` releases it.
+   */
+  reserve(tokens: number, now: number): void;
   /** Frees the concurrency slot and any reservation, and bills `billedTokens`. Idempotent. */
   finish(billedTokens: number): void;
 }
@@ -113,8 +149,11 @@ export interface Admission {
 export interface AdmitOptions {
   /** Skip the token budget (count_tokens counts against rpm only). */
   checkBudget: boolean;
-  /** Strict mode: tokens to reserve until the request finishes (0 otherwise). */
-  reserveTokens: number;
+  /**
+   * Strict mode: tokens to reserve until the request finishes (0 otherwise). The gateway admits
+   * with 0 before it reads a body and reserves with `Admission.reserve` once it knows max_tokens.
+   */
+  reserveTokens?: number;
 }
 
 export class Limits {
@@ -122,15 +161,40 @@ export class Limits {
   private readonly inFlight = new Map<string, number>();
   private readonly ledgers = new Map<string, TokenLedger>();
 
-  /** Rebuilds budgets from recorded usage (at start-up). */
-  load(buckets: BudgetBucket[]): void {
+  /** The first minute that `load` covered: older usage was never read from the store. */
+  private loadedFrom = -Infinity;
+
+  /** Rebuilds budgets from recorded usage (at start-up), read from `sinceMs` on. */
+  load(buckets: BudgetBucket[], sinceMs = -Infinity): void {
+    this.loadedFrom = Math.floor(sinceMs / MINUTE_MS);
     const sorted = [...buckets].sort((a, b) => a.minute - b.minute);
     for (const b of sorted) this.ledger(b.keyId).add(b.minute, b.tokens);
   }
 
+  /**
+   * The usage a key's ledger lacks for a window of `windowSeconds` ending at `now`: the time
+   * range to read again from the store after the key's window grew (older buckets were dropped
+   * while the window was smaller), or null when the ledger already covers it.
+   */
+  missingRange(keyId: string, windowSeconds: number, now: number): { sinceMs: number; untilMs: number } | null {
+    const coveredFrom = this.ledgers.get(keyId)?.coveredFrom ?? this.loadedFrom;
+    const neededFrom = Math.floor((now - windowSeconds * 1000) / MINUTE_MS) - 1;
+    if (neededFrom >= coveredFrom) return null;
+    return { sinceMs: neededFrom * MINUTE_MS, untilMs: coveredFrom * MINUTE_MS };
+  }
+
+  /** Puts usage read from the store for a `missingRange` back into the key's ledger. */
+  backfill(keyId: string, range: { sinceMs: number; untilMs: number }, buckets: ReadonlyArray<{ minute: number; tokens: number }>): void {
+    const ledger = this.ledger(keyId);
+    const from = Math.floor(range.sinceMs / MINUTE_MS);
+    if (from >= ledger.coveredFrom) return;
+    ledger.prepend(buckets.filter((b) => b.minute >= from && b.minute < ledger.coveredFrom));
+    ledger.coveredFrom = from;
+  }
+
   private ledger(keyId: string): TokenLedger {
     let ledger = this.ledgers.get(keyId);
-    if (!ledger) this.ledgers.set(keyId, (ledger = new TokenLedger()));
+    if (!ledger) this.ledgers.set(keyId, (ledger = new TokenLedger(this.loadedFrom)));
     return ledger;
   }
 
@@ -155,57 +219,59 @@ export class Limits {
         ? (ledger.oldestExpiry(windowMs) ?? now)
         : ledger.freesAt(now, windowMs, key.budgetTokens - 1);
     }
-    return { total: key.budgetTokens, used, remaining, resetsInMs: Math.max(0, resetsAt - now) };
+    // Usage is kept per minute, so the bucket arithmetic can overshoot by up to a minute; no
+    // reset is ever further away than the window itself.
+    return { total: key.budgetTokens, used, remaining, resetsInMs: Math.min(windowMs, Math.max(0, resetsAt - now)) };
   }
 
   inFlightCount(keyId: string): number {
     return this.inFlight.get(keyId) ?? 0;
   }
 
+  /**
+   * Throws when `wanted` more tokens do not fit the key's budget. Soft mode (`wanted` 0) refuses
+   * only a budget already spent; strict mode also counts what requests in flight have reserved.
+   */
+  private checkBudget(key: KeyRecord, ledger: TokenLedger, now: number, wanted: number): void {
+    const windowMs = key.windowSeconds * 1000;
+    const used = ledger.used(now, windowMs);
+    if (wanted > key.budgetTokens) {
+      // Waiting would never help, so this is not a 429 an SDK would retry.
+      throw new InvalidRequestError(
+        `This request may use up to ${wanted} tokens (max_tokens plus an input bound), more than this key's whole budget of ${key.budgetTokens}. Lower max_tokens.`,
+      );
+    }
+    const refused = wanted > 0 ? used + ledger.reserved + wanted > key.budgetTokens : used >= key.budgetTokens;
+    if (!refused) return;
+    const budgetHeaders = (wait: number) => ({
+      'x-ratelimit-limit': String(key.budgetTokens),
+      'x-ratelimit-remaining': String(Math.max(0, key.budgetTokens - used)),
+      'x-ratelimit-reset': String(Math.ceil((now + wait) / 1000)),
+      ...tokenHeaders(key, key.budgetTokens - used, now + wait),
+    });
+    if (wanted > 0 && used + wanted <= key.budgetTokens) {
+      // Only other requests' reservations are in the way: they end soon, the window need not move.
+      throw new RateLimitError(
+        `Token budget exceeded: requests in flight hold ${ledger.reserved} of the ${key.budgetTokens - used} tokens left. Retry when they finish.`,
+        1,
+        budgetHeaders(1000),
+      );
+    }
+    const freesAt = ledger.freesAt(now, windowMs, key.budgetTokens - Math.max(1, wanted));
+    const wait = Math.max(1000, Math.min(windowMs, freesAt - now));
+    const detail = wanted > 0 && used < key.budgetTokens
+      ? ` This request may use up to ${wanted} tokens (max_tokens plus an input bound) and ${key.budgetTokens - used} remain.`
+      : '';
+    throw new RateLimitError(`Token budget exceeded.${detail} Resets in ${formatWait(wait)}.`, wait / 1000, budgetHeaders(wait));
+  }
+
   /** Checks every limit for one request and takes its place, or throws RateLimitError. */
   admit(key: KeyRecord, now: number, options: AdmitOptions): Admission {
     const windowMs = key.windowSeconds * 1000;
-    const tokenHeaders = (remaining: number, resetAt: number) => ({
-      'x-ratelimit-limit-tokens': String(key.budgetTokens),
-      'x-ratelimit-remaining-tokens': String(Math.max(0, remaining)),
-      'x-ratelimit-reset-tokens': String(Math.ceil(resetAt / 1000)),
-    });
-
+    const reserveTokens = options.reserveTokens ?? 0;
     const ledger = this.ledger(key.id);
+    if (options.checkBudget) this.checkBudget(key, ledger, now, reserveTokens);
     const used = ledger.used(now, windowMs);
-    if (options.checkBudget) {
-      const wanted = options.reserveTokens;
-      if (wanted > key.budgetTokens) {
-        // Waiting would never help, so this is not a 429 an SDK would retry.
-        throw new InvalidRequestError(
-          `This request may use up to ${wanted} tokens (max_tokens plus an input bound), more than this key's whole budget of ${key.budgetTokens}. Lower max_tokens.`,
-        );
-      }
-      // Soft mode admits while anything is left; strict mode only when the reservation fits.
-      const refused = wanted > 0 ? used + ledger.reserved + wanted > key.budgetTokens : used >= key.budgetTokens;
-      if (refused) {
-        const budgetHeaders = (wait: number) => ({
-          'x-ratelimit-limit': String(key.budgetTokens),
-          'x-ratelimit-remaining': String(Math.max(0, key.budgetTokens - used)),
-          'x-ratelimit-reset': String(Math.ceil((now + wait) / 1000)),
-          ...tokenHeaders(key.budgetTokens - used, now + wait),
-        });
-        if (wanted > 0 && used + wanted <= key.budgetTokens) {
-          // Only other requests' reservations are in the way: they end soon, the window need not move.
-          throw new RateLimitError(
-            `Token budget exceeded: requests in flight hold ${ledger.reserved} of the ${key.budgetTokens - used} tokens left. Retry when they finish.`,
-            1,
-            budgetHeaders(1000),
-          );
-        }
-        const freesAt = ledger.freesAt(now, windowMs, key.budgetTokens - Math.max(1, wanted));
-        const wait = Math.max(1000, freesAt - now);
-        const detail = wanted > 0 && used < key.budgetTokens
-          ? ` This request may use up to ${wanted} tokens (max_tokens plus an input bound) and ${key.budgetTokens - used} remain.`
-          : '';
-        throw new RateLimitError(`Token budget exceeded.${detail} Resets in ${formatWait(wait)}.`, wait / 1000, budgetHeaders(wait));
-      }
-    }
 
     const inFlight = this.inFlightCount(key.id);
     if (inFlight >= key.concurrent) {
@@ -237,25 +303,32 @@ export class Limits {
 
     log.push(now);
     this.inFlight.set(key.id, inFlight + 1);
-    ledger.reserved += options.reserveTokens;
+    ledger.reserved += reserveTokens;
     const remainingTokens = key.budgetTokens - used;
     const headers = {
       'x-ratelimit-limit': String(key.rpm),
       'x-ratelimit-remaining': String(key.rpm - recent - 1),
       'x-ratelimit-reset': String(Math.ceil(log.nextExpiry(now) / 1000)),
-      ...tokenHeaders(remainingTokens, ledger.oldestExpiry(windowMs) ?? now + windowMs),
+      ...tokenHeaders(key, remainingTokens, Math.min(ledger.oldestExpiry(windowMs) ?? now + windowMs, now + windowMs)),
     };
 
     let finished = false;
+    let reserved = reserveTokens;
     return {
       headers,
+      reserve: (tokens: number, at: number) => {
+        if (finished || tokens <= 0) return;
+        this.checkBudget(key, ledger, at, tokens);
+        ledger.reserved += tokens;
+        reserved += tokens;
+      },
       finish: (billedTokens: number) => {
         if (finished) return;
         finished = true;
         const left = (this.inFlight.get(key.id) ?? 1) - 1;
         if (left > 0) this.inFlight.set(key.id, left);
         else this.inFlight.delete(key.id);
-        ledger.reserved -= options.reserveTokens;
+        ledger.reserved -= reserved;
         this.bill(key.id, billedTokens, Date.now());
       },
     };

@@ -1,10 +1,13 @@
 /**
  * The request pipeline of the metered endpoints, top to bottom:
  *
- *   authenticate → read body (size limit) → validate → resolve model (catalog, key's list)
- *   → admit (budget, concurrency, rpm) → upstream → relay (JSON, or SSE as it arrives)
- *   → finish (free the slot, bill the tokens upstream reported, record usage)
+ *   authenticate → admit (budget spent?, concurrency, rpm) → read and scan the body (size limit,
+ *   JSON, the fields the gateway acts on) → resolve model (catalog, key's list) → reserve (strict
+ *   mode) → upstream → relay (JSON, or SSE as it arrives) → finish (free the slot, bill the
+ *   tokens, record usage)
  *
+ * Admission comes before the body: a key at its limits is refused without the gateway reading,
+ * buffering or parsing a byte of its upload, and an upload in progress holds a concurrency slot.
  * Every stage throws a GatewayError on refusal; gateway.ts maps those to the wire once.
  * Whatever happens after admission, `finish` runs exactly once.
  */
@@ -12,15 +15,15 @@ import type { HttpBindings } from '@hono/node-server';
 import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import type { Dispatcher } from 'undici';
-import { z } from 'zod';
 import type { ModelCatalog } from './catalog.ts';
 import type { Config } from './config.ts';
-import { InvalidRequestError, RequestTooLargeError, UpstreamError } from './errors.ts';
+import { clip, UpstreamError } from './errors.ts';
 import type { KeyRegistry } from './keys.ts';
 import type { Admission, Limits } from './limits.ts';
 import type { Logger } from './logger.ts';
+import { readScannedRequest, withModel } from './request-body.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
-import { clientResponseHeaders, type PlainHeaders, type UpstreamClient } from './upstream.ts';
+import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders, type UpstreamClient } from './upstream.ts';
 import { billedTokens, emptyUsage, SseUsageTap, usageFromJson, type TokenUsage, type UsageRecorder } from './usage.ts';
 
 export interface GatewayServices {
@@ -39,19 +42,6 @@ export type GatewayEnv = {
 };
 type GatewayContext = Context<GatewayEnv>;
 
-// Only the fields the gateway acts on are checked here; upstream validates the rest.
-const MessagesRequest = z.looseObject({
-  model: z.string().min(1),
-  max_tokens: z.number().int().positive(),
-  messages: z.array(z.unknown()),
-  stream: z.boolean().optional(),
-});
-
-const CountTokensRequest = z.looseObject({
-  model: z.string().min(1),
-  messages: z.array(z.unknown()),
-});
-
 /** The request's key (or an AuthenticationError), noted on the context for the access log. */
 export function authenticateRequest(c: GatewayContext, keys: KeyRegistry, now: number = c.get('startedAt')): KeyRecord {
   const key = keys.authenticate(c.env.incoming.headers, now);
@@ -69,39 +59,13 @@ export function inputTokenBound(bodyBytes: number): number {
 }
 
 /**
- * Reads the body straight off the Node request (not through a web Request, which costs a stream
- * adapter per request), refusing it past `limit` whether declared or streamed.
+ * Strict mode's reservation: the most a request can bill. Output cannot exceed max_tokens; input
+ * (in whatever mix of plain, cache-creation and cache-read tokens upstream reports) cannot exceed
+ * the input bound, weighed at the heaviest input weight.
  */
-export async function readBody(incoming: IncomingMessage, limit: number): Promise<Buffer> {
-  const declared = Number(incoming.headers['content-length']);
-  if (declared > limit) throw new RequestTooLargeError(limit);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of incoming as AsyncIterable<Buffer>) {
-    size += chunk.byteLength;
-    if (size > limit) throw new RequestTooLargeError(limit);
-    chunks.push(chunk);
-  }
-  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
-}
-
-function parseJsonBody<T extends z.ZodType>(schema: T, body: Buffer): z.infer<T> {
-  let json: unknown;
-  try {
-    json = JSON.parse(body.toString('utf8'));
-  } catch (err) {
-    throw new InvalidRequestError(`Request body is not valid JSON: ${(err as Error).message}`);
-  }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
-    throw new InvalidRequestError('Request body must be a JSON object.');
-  }
-  const result = schema.safeParse(json);
-  if (!result.success) {
-    throw new InvalidRequestError(
-      result.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '),
-    );
-  }
-  return result.data;
+export function strictReservation(maxTokens: number, bodyBytes: number, weights: Config['budget']['weights']): number {
+  const inputWeight = Math.max(weights.input, weights.cache_creation, weights.cache_read);
+  return Math.ceil(maxTokens * weights.output + inputTokenBound(bodyBytes) * inputWeight);
 }
 
 /** What a request leaves in the usage log, filled in as the pipeline learns it. */
@@ -128,6 +92,10 @@ class RequestMeter {
 
   admitted(admission: Admission): void {
     this.admission = admission;
+  }
+
+  reserve(tokens: number): void {
+    this.admission?.reserve(tokens, Date.now());
   }
 
   get rateLimitHeaders(): Record<string, string> {
@@ -167,13 +135,15 @@ class RequestMeter {
 interface MeteredEndpoint {
   name: UsageRecord['endpoint'];
   path: string;
-  schema: typeof MessagesRequest | typeof CountTokensRequest;
-  /** Counts against the token budget (count_tokens counts against rpm and concurrency only). */
+  /**
+   * Counts against the token budget and requires max_tokens (count_tokens counts against rpm
+   * and concurrency only, and takes no max_tokens).
+   */
   budgeted: boolean;
 }
 
-const MESSAGES: MeteredEndpoint = { name: 'messages', path: '/v1/messages', schema: MessagesRequest, budgeted: true };
-const COUNT_TOKENS: MeteredEndpoint = { name: 'count_tokens', path: '/v1/messages/count_tokens', schema: CountTokensRequest, budgeted: false };
+const MESSAGES: MeteredEndpoint = { name: 'messages', path: '/v1/messages', budgeted: true };
+const COUNT_TOKENS: MeteredEndpoint = { name: 'count_tokens', path: '/v1/messages/count_tokens', budgeted: false };
 
 /** POST /v1/messages, JSON or SSE. */
 export function handleMessages(c: GatewayContext, s: GatewayServices): Promise<Response> {
@@ -191,33 +161,47 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
   const meter = new RequestMeter(s, c, key, endpoint.name);
   const signal = c.req.raw.signal;
   try {
-    const body = await readBody(incoming, s.config.maxBodyBytes);
-    const request = parseJsonBody(endpoint.schema, body);
-    meter.model = request.model;
-    meter.streamed = request.stream === true;
+    checkRequestHeaders(incoming);
+    meter.admitted(s.limits.admit(key, c.get('startedAt'), { checkBudget: endpoint.budgeted }));
+    const request = await readScannedRequest(incoming, { limitBytes: s.config.maxBodyBytes, requireMaxTokens: endpoint.budgeted });
+    meter.streamed = request.stream;
+    meter.model = clip(request.model);
     const model = s.catalog.resolve(request.model, key);
-    const maxTokens = typeof request.max_tokens === 'number' ? request.max_tokens : 0;
-    const reserveTokens = endpoint.budgeted && s.config.budget.strict ? maxTokens + inputTokenBound(body.byteLength) : 0;
-    meter.admitted(s.limits.admit(key, c.get('startedAt'), { checkBudget: endpoint.budgeted, reserveTokens }));
+    meter.model = model.id;
+    const maxTokens = request.maxTokens ?? 0;
+    if (endpoint.budgeted && s.config.budget.strict) {
+      meter.reserve(strictReservation(maxTokens, request.body.byteLength, s.config.budget.weights));
+    }
 
     // The client's bytes go upstream as they came, unless the catalog maps the model id.
-    const upstreamBody = model.upstream_id && model.upstream_id !== model.id
-      ? JSON.stringify({ ...request, model: model.upstream_id })
-      : body;
+    const upstreamBody = model.upstream_id && model.upstream_id !== model.id ? withModel(request, model.upstream_id) : request.body;
     const upstream = await s.upstream.send({ method: 'POST', path: endpoint.path, headers: incoming.headers, body: upstreamBody, signal });
     const headers = responseHeaders(upstream, c.get('requestId'), meter.rateLimitHeaders);
 
     if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
     if (isEventStream(upstream)) {
       meter.streamed = true;
-      return new Response(relaySse(upstream.body, meter), { status: upstream.statusCode, headers });
+      return new Response(relaySse(upstream.body, meter, maxTokens), { status: upstream.statusCode, headers });
     }
-    const bytes = new Uint8Array(await upstream.body.arrayBuffer());
+    const bytes = await readUpstreamBody(upstream, meter);
     meter.finish(upstream.statusCode, 'ok', endpoint.budgeted ? usageFromJson(bytes) : emptyUsage(), endpoint.budgeted);
     return new Response(bytes, { status: upstream.statusCode, headers });
   } catch (err) {
     meter.fail(err, signal);
     throw err;
+  }
+}
+
+/**
+ * A whole upstream body. One that breaks off part-way (the connection dropped, a timeout) is the
+ * upstream's failure, so a 502, never the gateway's own 500.
+ */
+async function readUpstreamBody(upstream: Dispatcher.ResponseData, meter: RequestMeter): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await upstream.body.arrayBuffer());
+  } catch {
+    meter.finish(502, 'upstream_cut');
+    throw new UpstreamError('The upstream response ended before it was complete.');
   }
 }
 
@@ -244,7 +228,7 @@ function isEventStream(upstream: Dispatcher.ResponseData): boolean {
  * SDK would report as the client's key being wrong), so it becomes a 502.
  */
 async function relayError(upstream: Dispatcher.ResponseData, headers: PlainHeaders, meter: RequestMeter): Promise<Response> {
-  const bytes = new Uint8Array(await upstream.body.arrayBuffer());
+  const bytes = await readUpstreamBody(upstream, meter);
   if (upstream.statusCode === 401) {
     meter.finish(502, 'error');
     throw new UpstreamError('The upstream refused the gateway\'s credential. Tell the gateway operator.');
@@ -263,14 +247,15 @@ const STREAM_CUT_EVENT = new TextEncoder().encode(
  * with an `error` event, as the API itself ends a failed stream, so SDKs raise instead of hanging.
  * A client that goes away cancels the stream, which aborts the upstream request.
  */
-function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter): ReadableStream<Uint8Array> {
+function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter, maxTokens: number): ReadableStream<Uint8Array> {
   const tap = new SseUsageTap();
   const chunks = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let ended = false;
   const end = (outcome: UsageOutcome) => {
     if (ended) return false;
     ended = true;
-    meter.finish(200, outcome, tap.usage);
+    // A stream that ended early bills the output it relayed (SseUsageTap.billableUsage).
+    meter.finish(200, outcome, tap.billableUsage(maxTokens));
     return true;
   };
   return new ReadableStream<Uint8Array>(

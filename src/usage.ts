@@ -53,16 +53,59 @@ export function usageFromJson(body: Uint8Array): TokenUsage {
 }
 
 /**
+ * The content deltas whose text the model generated, and the field that carries it. Each is
+ * matched on the canonical serialisation the API sends (`"delta":{"type":"text_delta","text":"`);
+ * anything else is parsed as JSON.
+ */
+const GENERATED_DELTAS: ReadonlyArray<readonly [type: string, field: string, marker: string]> = [
+  ['text_delta', 'text'],
+  ['thinking_delta', 'thinking'],
+  ['input_json_delta', 'partial_json'],
+].map(([type, field]) => [type!, field!, `"delta":{"type":"${type}","${field}":"`] as const);
+
+/**
+ * UTF-8 bytes of the generated text one `content_block_delta` data line carries (0 for deltas
+ * that carry none, such as a thinking signature). On the canonical shape this is one search and
+ * one byte count, without parsing the event: the escaped form counted is never shorter than the
+ * text it encodes, so the count errs on the high side.
+ */
+function generatedBytes(data: string): number {
+  for (const [, , marker] of GENERATED_DELTAS) {
+    const at = data.indexOf(marker);
+    if (at !== -1 && data.endsWith('"}}')) {
+      // Everything before the text is ASCII framing, so bytes of the text = bytes of the line - offsets.
+      return Buffer.byteLength(data, 'utf8') - (at + marker.length) - 3;
+    }
+  }
+  try {
+    const delta = (JSON.parse(data) as { delta?: Record<string, unknown> }).delta;
+    for (const [type, field] of GENERATED_DELTAS) {
+      const text = delta?.[field];
+      if (delta?.type === type && typeof text === 'string') return Buffer.byteLength(text, 'utf8');
+    }
+  } catch {
+    // Not JSON: nothing the client could use was relayed.
+  }
+  return 0;
+}
+
+/**
  * Watches an SSE stream go by and keeps the usage upstream has reported so far: message_start
- * carries input and cache counts, message_delta the cumulative output. Only those two events are
- * JSON-parsed; the content deltas that make up the bulk of a stream are skipped by their event
- * line. Chunks may split lines anywhere, so a partial line is carried to the next chunk.
+ * carries input and cache counts, message_delta the cumulative output. Those two events are
+ * JSON-parsed; for content deltas only the size of the generated text is taken (see
+ * `generatedBytes`), because the API reports output tokens only at the end, in message_delta, and
+ * a stream that ends before it must still bill what it relayed (`billableUsage`). Chunks may split
+ * lines anywhere, so a partial line is carried to the next chunk.
  */
 export class SseUsageTap {
   readonly usage = emptyUsage();
   /** message_stop seen: the stream ended the way the API ends a message. */
   completed = false;
   sawError = false;
+  /** message_delta seen: `usage.output_tokens` is upstream's final count. */
+  outputFinal = false;
+  /** UTF-8 bytes of generated text (text, thinking, tool input JSON) relayed so far. */
+  generatedBytes = 0;
   private readonly decoder = new TextDecoder();
   private carry = '';
   private event = '';
@@ -79,6 +122,20 @@ export class SseUsageTap {
     this.carry = start === 0 ? text : text.slice(start);
   }
 
+  /**
+   * The usage to bill. A stream that ended before message_delta has no final output count, so
+   * its output is estimated from what was relayed: one token per byte of generated text. A token
+   * never encodes less than one byte, so this never bills less than the tokens the client got
+   * (it typically bills 3–4× more: a client that abandons a stream is not cheaper than one that
+   * reads it). The estimate is capped at `maxTokens`, which upstream cannot exceed, so strict
+   * mode's reservation still covers it.
+   */
+  billableUsage(maxTokens: number): TokenUsage {
+    if (this.outputFinal) return this.usage;
+    const estimate = Math.min(maxTokens, this.generatedBytes);
+    return { ...this.usage, output_tokens: Math.max(this.usage.output_tokens, estimate) };
+  }
+
   private line(line: string): void {
     if (line === '') {
       this.event = '';
@@ -86,19 +143,38 @@ export class SseUsageTap {
       this.event = line.slice(6).trim();
       if (this.event === 'message_stop') this.completed = true;
       else if (this.event === 'error') this.sawError = true;
-    } else if (line.startsWith('data:') && (this.event === 'message_start' || this.event === 'message_delta')) {
-      try {
-        const data = JSON.parse(line.slice(5)) as { message?: { usage?: unknown }; usage?: unknown };
-        mergeUsage(this.usage, this.event === 'message_start' ? data.message?.usage : data.usage);
-      } catch {
-        // A malformed event carries no usage we can trust.
+    } else if (line.startsWith('data:')) {
+      if (this.event === 'content_block_delta') {
+        this.generatedBytes += generatedBytes(line.slice(5).trimStart());
+      } else if (this.event === 'message_start' || this.event === 'message_delta') {
+        try {
+          const data = JSON.parse(line.slice(5)) as { message?: { usage?: unknown }; usage?: unknown };
+          mergeUsage(this.usage, this.event === 'message_start' ? data.message?.usage : data.usage);
+          if (this.event === 'message_delta' && hasOutputCount(data.usage)) this.outputFinal = true;
+        } catch {
+          // A malformed event carries no usage we can trust.
+        }
       }
     }
   }
 }
 
+function hasOutputCount(usage: unknown): boolean {
+  const output = (usage as { output_tokens?: unknown } | undefined)?.output_tokens;
+  return typeof output === 'number' && Number.isFinite(output) && output >= 0;
+}
+
+/**
+ * Queues usage records and writes them in batches off the request path. Refusals (outcome
+ * `rejected`: 400, 403, 413, 429 …, nothing sent upstream) are coalesced as they arrive into one
+ * record per key, endpoint, model, status and minute, carrying their count, and written once
+ * their minute is over: a client hammering a limit adds a handful of rows a minute, not one per
+ * refusal. (An explicit `flush()` or `close()` writes the open minute's too.)
+ */
 export class UsageRecorder {
   private queue: UsageRecord[] = [];
+  /** Refusals of the current flush interval, by key|endpoint|model|status|minute. */
+  private refusals = new Map<string, UsageRecord>();
   private readonly store: Store;
   private readonly onError: (err: unknown) => void;
   private timer: NodeJS.Timeout | undefined;
@@ -107,21 +183,49 @@ export class UsageRecorder {
   constructor(store: Store, flushMs: number, onError: (err: unknown) => void) {
     this.store = store;
     this.onError = onError;
-    this.timer = setInterval(() => void this.flush(), flushMs);
+    this.timer = setInterval(() => void this.flush(false), flushMs);
     this.timer.unref();
   }
 
   record(record: UsageRecord): void {
-    this.queue.push(record);
+    if (record.outcome !== 'rejected') {
+      this.queue.push(record);
+      return;
+    }
+    const group = `${record.keyId}|${record.endpoint}|${record.model}|${record.status}|${Math.floor(record.ts / 60_000)}`;
+    const seen = this.refusals.get(group);
+    if (!seen) {
+      this.refusals.set(group, { ...record, requests: record.requests ?? 1 });
+      return;
+    }
+    seen.requests = (seen.requests ?? 1) + (record.requests ?? 1);
+    seen.ts = Math.max(seen.ts, record.ts);
+    seen.latencyMs += record.latencyMs;
+    seen.inputTokens += record.inputTokens;
+    seen.outputTokens += record.outputTokens;
+    seen.cacheCreationTokens += record.cacheCreationTokens;
+    seen.cacheReadTokens += record.cacheReadTokens;
+    seen.billedTokens += record.billedTokens;
   }
 
   get pending(): number {
-    return this.queue.length;
+    return this.queue.length + this.refusals.size;
   }
 
-  /** Writes everything queued so far. Concurrent calls share one write. */
-  flush(): Promise<void> {
-    if (this.flushing) return this.flushing.then(() => this.flush());
+  /**
+   * Writes everything queued so far (with `openRefusals` false, as the timer does, refusals of
+   * the current minute stay open for more). Concurrent calls share one write.
+   */
+  flush(openRefusals = true): Promise<void> {
+    if (this.flushing) return this.flushing.then(() => this.flush(openRefusals));
+    if (this.refusals.size > 0) {
+      const currentMinute = Math.floor(Date.now() / 60_000);
+      for (const [group, record] of this.refusals) {
+        if (!openRefusals && Math.floor(record.ts / 60_000) >= currentMinute) continue;
+        this.queue.push(record);
+        this.refusals.delete(group);
+      }
+    }
     if (this.queue.length === 0) return Promise.resolve();
     const batch = this.queue;
     this.queue = [];
@@ -140,7 +244,7 @@ export class UsageRecorder {
   /** Stops the timer and writes what is left (retrying a failed write a few times). */
   async close(): Promise<void> {
     clearInterval(this.timer);
-    for (let attempt = 0; attempt < 5 && (this.queue.length > 0 || this.flushing); attempt++) {
+    for (let attempt = 0; attempt < 5 && (this.pending > 0 || this.flushing); attempt++) {
       await this.flush();
     }
   }

@@ -18,7 +18,7 @@ function sum(values: number[]): number {
 }
 
 describe('budget accounting', () => {
-  it('records exactly what upstream reported for concurrent streams, some cut short', async () => {
+  it('records what upstream reported for concurrent streams, and at least that for cut ones', async () => {
     stack = await startStack();
     const { key, id } = await stack.newKey({ name: 'acct', concurrent: 100, rpm: 1000 });
     const client = stack.client(key);
@@ -43,15 +43,20 @@ describe('budget accounting', () => {
     expect(row).toMatchObject({
       requests: N,
       inputTokens: reported.input_tokens,
-      outputTokens: reported.output_tokens,
       cacheCreationTokens: reported.cache_creation_input_tokens,
       cacheReadTokens: reported.cache_read_input_tokens,
     });
-    const totalReported = reported.input_tokens + reported.output_tokens + reported.cache_creation_input_tokens + reported.cache_read_input_tokens;
-    expect(row.billedTokens).toBe(totalReported);
+    // Streams that ended before message_delta bill an estimate from their relayed text, never
+    // less than the tokens upstream generated for them; the others bill exactly what upstream said.
+    const completedOutput = sum(outcomes.flatMap((o) => (o.status === 'fulfilled' ? [o.value.usage.output_tokens] : [])));
+    const cutOutput = reported.output_tokens - completedOutput;
+    expect(cutOutput).toBeGreaterThan(0);
+    expect(row.outputTokens).toBeGreaterThanOrEqual(reported.output_tokens);
+    expect(row.outputTokens).toBeGreaterThan(completedOutput);
+    expect(row.billedTokens).toBe(row.inputTokens + row.outputTokens + row.cacheCreationTokens + row.cacheReadTokens);
     // The in-memory budget agrees with the durable record.
     const record = (await stack.gateway.store.getKey(id))!;
-    expect(stack.gateway.services.limits.budget(record, Date.now()).used).toBe(totalReported);
+    expect(stack.gateway.services.limits.budget(record, Date.now()).used).toBe(row.billedTokens);
     // And the successful streams' own usage (what the SDK saw) is part of it, to the token.
     const seen = outcomes.flatMap((o) => (o.status === 'fulfilled' ? [o.value.usage.output_tokens] : []));
     expect(seen.length).toBe(N - failed);
@@ -114,6 +119,58 @@ async function fetchKeyStatus(url: string, key: string) {
   const res = await fetch(`${url}/v1/key-status`, { headers: { 'x-api-key': key } });
   return (await res.json()) as { budget: { used_tokens: number; remaining_tokens: number } };
 }
+
+/**
+ * Ten streams of 365 deltas against a 2,000-token key, each abandoned by its client after 100
+ * deltas. Upstream reports output only in message_delta, which an abandoned stream never reaches:
+ * billing only reported usage charged input + 1 per stream (130 tokens for all ten), forever.
+ */
+async function abandonTenStreams(s: Stack, key: string) {
+  const client = s.client(key);
+  let admitted = 0;
+  let refused = 0;
+  for (let i = 0; i < 10; i++) {
+    const stream = client.messages.stream(
+      { model: 'claude-haiku-4-5', max_tokens: 400, messages: [MESSAGE] },
+      { headers: { 'x-fake-output-tokens': '365', 'x-fake-event-delay-ms': '1' } },
+    );
+    stream.on('error', () => {});
+    let deltas = 0;
+    const done = stream.finalMessage().then(() => 'completed', (err: unknown) => err);
+    stream.on('text', () => {
+      if (++deltas === 100) stream.abort();
+    });
+    const result = await done;
+    if (result instanceof Anthropic.RateLimitError) refused++;
+    else {
+      expect(result).toBeInstanceOf(Anthropic.APIUserAbortError);
+      admitted++;
+    }
+  }
+  return { admitted, refused };
+}
+
+describe('abandoned streams', () => {
+  for (const strict of [false, true]) {
+    it(`are billed at least the output they relayed${strict ? ' (strict mode: and never past the budget)' : ''}`, async () => {
+      stack = await startStack({ config: { budget: { strict } } });
+      const budget = 2000;
+      const { key, id } = await stack.newKey({ name: 'abandon', budgetTokens: budget, concurrent: 10, rpm: 1000 });
+      const { admitted, refused } = await abandonTenStreams(stack, key);
+      // Upstream's ledger counts the tokens it generated as the deltas went out.
+      await new Promise((r) => setTimeout(r, 100));
+      const row = await recordedUsage(stack, id);
+      const reported = stack.fake.totalReported();
+      expect(reported.output_tokens).toBeGreaterThanOrEqual(100 * admitted);
+      expect(row.outputTokens).toBeGreaterThanOrEqual(reported.output_tokens);
+      expect(row.billedTokens).toBeGreaterThanOrEqual(reported.input_tokens + reported.output_tokens);
+      // The budget ran out, so the rest were refused instead of streaming for free.
+      expect(refused).toBeGreaterThan(0);
+      expect(admitted + refused).toBe(10);
+      if (strict) expect(row.billedTokens).toBeLessThanOrEqual(budget);
+    });
+  }
+});
 
 describe('strict budget mode', () => {
   it('never lets concurrent requests exceed the budget', async () => {

@@ -305,4 +305,38 @@ describe('admin usage', () => {
     expectError(await admin('GET', '/usage?since=yesterday-ish'), 400, 'invalid_request_error', /since/);
     expectError(await admin('GET', '/usage?until=nope'), 400, 'invalid_request_error', /until/);
   });
+
+  it('reads since=0h as now, and refuses a duration or date out of range with 400 naming the parameter', async () => {
+    for (const zero of ['0h', '0d', '0m']) {
+      const before = Date.now();
+      const reply = await admin('GET', `/usage?since=${zero}`);
+      expect(reply.status).toBe(200);
+      expect(Date.parse(reply.body.since)).toBeGreaterThanOrEqual(before);
+      expect(reply.body.totals.requests).toBe(0);
+    }
+    expectError(await admin('GET', '/usage?since=100000000000d'), 400, 'invalid_request_error', /^since: "100000000000d" is out of range/);
+    expectError(await admin('GET', '/usage?until=99999999999999h'), 400, 'invalid_request_error', /^until: .*out of range/);
+    expectError(await admin('GET', `/usage?since=${encodeURIComponent('+275760-09-13T00:00:00Z')}`), 400, 'invalid_request_error', /^since: .*out of range/);
+    expectError(await admin('GET', '/usage?since=1e400h'), 400, 'invalid_request_error', /^since: expected an ISO date/);
+  });
+});
+
+describe('admin key windows', () => {
+  it('accepts a window from one minute to 366 days', async () => {
+    expect((await createKey({ name: 'short-window', window: '1m' })).window_seconds).toBe(60);
+    expect((await createKey({ name: 'long-window', window: 366 * 86400 })).window_seconds).toBe(366 * 86400);
+  });
+
+  it('refuses a window under a minute or over 366 days with 400 naming the field, on create and update', async () => {
+    const { id } = await createKey({ name: 'window-bounds', window: '5h' });
+    for (const window of ['100000000000d', '367d', 366 * 86400 + 1, 1e15]) {
+      expectError(await admin('POST', '/keys', { name: 'too-long', window }), 400, 'invalid_request_error', /^window: .*too long for a budget window: at most 366d/);
+      expectError(await admin('PATCH', `/keys/${id}`, { window }), 400, 'invalid_request_error', /^window: .*at most 366d/);
+    }
+    for (const window of ['59s', '30', 1]) {
+      expectError(await admin('POST', '/keys', { name: 'too-short', window }), 400, 'invalid_request_error', /^window: .*too short for a budget window: at least 60s/);
+    }
+    expect((await admin('GET', `/keys/${id}`)).body.window_seconds).toBe(5 * 3600);
+    expect((await admin('GET', '/keys')).body.data.map((k: { name: string }) => k.name)).not.toContain('too-long');
+  });
 });

@@ -208,6 +208,14 @@ describe('CLI on the store directly', () => {
     expect(table).toMatch(/^TOTAL\s+3\s/m);
   });
 
+  it('usage --since 0h is an empty report from now; an out-of-range time or window is one line, exit 1', async () => {
+    const fromNow = json(await cli(['usage', '--json', '--since', '0h'], dir));
+    expect(fromNow.totals.requests).toBe(0);
+    fails(await cli(['usage', '--since', '100000000000d'], dir), /^claudcode: since: "100000000000d" is out of range/);
+    fails(await cli(['usage', '--until', '+275760-09-13T00:00:00Z'], dir), /^claudcode: until: .*out of range/);
+    fails(await cli(['keys', 'create', '--name', 'forever', '--window', '100000000000d'], dir), /window: .*too long for a budget window: at most 366d/);
+    fails(await cli(['keys', 'update', created.id, '--window', '30s'], dir), /window: .*too short for a budget window: at least 60s/);
+  });
 });
 
 describe('CLI against a running gateway (--url)', () => {
@@ -273,5 +281,16 @@ describe('CLI against a running gateway (--url)', () => {
     ]);
     fails(wrongToken, /401: Admin API: missing or wrong admin token/);
     fails(unknownId, /404: No key with id key_nope/);
+  });
+
+  it('usage --since out of range and --window over 366 days are the gateway\'s 400, on one line', async () => {
+    const [fromNow, huge, forever] = await Promise.all([
+      remote(['usage', '--json', '--since', '0h']),
+      remote(['usage', '--since', '100000000000d']),
+      remote(['keys', 'create', '--name', 'forever', '--window', '367d']),
+    ]);
+    expect(json(fromNow).totals.requests).toBe(0);
+    fails(huge, /^claudcode: 400: since: "100000000000d" is out of range/);
+    fails(forever, /^claudcode: 400: window: .*at most 366d/);
   });
 });

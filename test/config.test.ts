@@ -243,3 +243,54 @@ describe('parseDuration', () => {
     }
   });
 });
+
+describe('operator-safety settings', () => {
+  it('defaults: 15 s for the request head, 120 s for the whole request, 10 wrong admin tokens a minute', () => {
+    const config = loadConfig({});
+    expect(config.headersTimeoutMs).toBe(15_000);
+    expect(config.requestTimeoutMs).toBe(120_000);
+    expect(config.adminThrottle).toEqual({ maxFailures: 10, windowMs: 60_000, maxAddresses: 10_000 });
+  });
+
+  it('reads CLAUDCODE_HEADERS_TIMEOUT_MS and CLAUDCODE_REQUEST_TIMEOUT_MS, and adminThrottle from the file', () => {
+    const config = loadConfig({
+      CLAUDCODE_HEADERS_TIMEOUT_MS: '5000',
+      CLAUDCODE_REQUEST_TIMEOUT_MS: '600000',
+      CLAUDCODE_CONFIG: configFile({ adminThrottle: { maxFailures: 3 } }),
+    });
+    expect(config.headersTimeoutMs).toBe(5000);
+    expect(config.requestTimeoutMs).toBe(600_000);
+    expect(config.adminThrottle).toEqual({ maxFailures: 3, windowMs: 60_000, maxAddresses: 10_000 });
+  });
+
+  it.each([
+    [{ CLAUDCODE_HEADERS_TIMEOUT_MS: '0' }, /^\s*headersTimeoutMs:/m],
+    [{ CLAUDCODE_HEADERS_TIMEOUT_MS: 'soon' }, /^\s*headersTimeoutMs:/m],
+    [{ CLAUDCODE_REQUEST_TIMEOUT_MS: '-1' }, /^\s*requestTimeoutMs:/m],
+    [{ CLAUDCODE_REQUEST_TIMEOUT_MS: '1.5' }, /^\s*requestTimeoutMs:/m],
+    // Node refuses a head deadline past the whole request's: say so at start, naming the field.
+    [{ CLAUDCODE_HEADERS_TIMEOUT_MS: '20000', CLAUDCODE_REQUEST_TIMEOUT_MS: '10000' }, /^\s*headersTimeoutMs: 20000 is longer than requestTimeoutMs \(10000\)/m],
+    [{ CLAUDCODE_REQUEST_TIMEOUT_MS: '10000' }, /^\s*headersTimeoutMs: 15000 is longer than requestTimeoutMs/m],
+  ])('%j → ConfigError naming the field', (env, field) => {
+    expect(configError(() => loadConfig(env)).message).toMatch(field);
+  });
+
+  it('refuses adminThrottle values that are not positive whole numbers', () => {
+    const err = configError(() => loadConfig({ CLAUDCODE_CONFIG: configFile({ adminThrottle: { maxFailures: 0, windowMs: 1.5 } }) }));
+    expect(err.message).toMatch(/^\s*adminThrottle\.maxFailures:/m);
+    expect(err.message).toMatch(/^\s*adminThrottle\.windowMs:/m);
+  });
+
+  it('bounds keyDefaults.windowSeconds to one minute .. 366 days, naming the field', () => {
+    expect(loadConfig({ CLAUDCODE_CONFIG: configFile({ keyDefaults: { windowSeconds: '1m' } }) }).keyDefaults.windowSeconds).toBe(60);
+    expect(loadConfig({ CLAUDCODE_CONFIG: configFile({ keyDefaults: { windowSeconds: '366d' } }) }).keyDefaults.windowSeconds).toBe(366 * 86400);
+    for (const windowSeconds of ['100000000000d', '367d', 366 * 86400 + 1]) {
+      const err = configError(() => loadConfig({ CLAUDCODE_CONFIG: configFile({ keyDefaults: { windowSeconds } }) }));
+      expect(err.message).toMatch(/^\s*keyDefaults\.windowSeconds: .*too long for a budget window: at most 366d/m);
+    }
+    for (const windowSeconds of ['59s', 30]) {
+      const err = configError(() => loadConfig({ CLAUDCODE_CONFIG: configFile({ keyDefaults: { windowSeconds } }) }));
+      expect(err.message).toMatch(/^\s*keyDefaults\.windowSeconds: .*too short for a budget window: at least 60s/m);
+    }
+  });
+});

@@ -325,7 +325,7 @@ describe('fake upstream: errors surface as the right SDK error classes', () => {
 });
 
 describe('fake upstream: broken connections and the ledger', () => {
-  it('a stream cut short makes the SDK throw; reported holds only message_start usage', async () => {
+  it('a stream cut short makes the SDK throw; reported holds the output it carried', async () => {
     const stream = client.messages.stream({ model: MODEL, max_tokens: 100, messages }, { headers: { 'x-fake-cut-after': '3' } });
     let text = '';
     stream.on('text', (t) => { text += t; });
@@ -333,8 +333,9 @@ describe('fake upstream: broken connections and the ledger', () => {
     expect(text).toBe('Hello from the');
     const id = lastRequestId();
     expect(stream.request_id).toBe(id);
+    // Three deltas (three words, one token each) went out before the cut.
     expect(fake.reported.get(id)).toEqual({
-      input_tokens: expectedInput({ messages }), output_tokens: 1, cache_creation_input_tokens: 0, cache_read_input_tokens: 0,
+      input_tokens: expectedInput({ messages }), output_tokens: 3, cache_creation_input_tokens: 0, cache_read_input_tokens: 0,
     });
   });
 
@@ -368,7 +369,7 @@ describe('fake upstream: broken connections and the ledger', () => {
     const err = await stream.finalMessage().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(APIError);
     expect((err as APIError).type).toBe('overloaded_error');
-    expect(fake.reported.get(lastRequestId())?.output_tokens).toBe(1);
+    expect(fake.reported.get(lastRequestId())?.output_tokens).toBe(2);
   });
 
   it('latency: header and queued, and SDK timeouts', async () => {
@@ -402,12 +403,17 @@ describe('fake upstream: broken connections and the ledger', () => {
     seen.push(usageOf((await client.messages.create({ model: MODEL, max_tokens: 50, system, messages })).usage));
     seen.push(usageOf((await client.messages.stream({ model: MODEL, max_tokens: 50, system, messages }).finalMessage()).usage));
     seen.push(usageOf((await client.messages.stream({ model: MODEL, max_tokens: 50, messages }, { headers: { 'x-fake-output-tokens': '33' } }).finalMessage()).usage));
-    // A cut stream: the SDK saw only message_start's usage.
+    // A cut stream: the SDK saw message_start's usage and one token per delta it received.
     let cutUsage: Usage | undefined;
+    let deltas = 0;
     const cut = client.messages.stream({ model: MODEL, max_tokens: 50, messages }, { headers: { 'x-fake-cut-after': '5' } });
-    cut.on('streamEvent', (ev) => { if (ev.type === 'message_start') cutUsage = usageOf(ev.message.usage); });
+    cut.on('streamEvent', (ev) => {
+      if (ev.type === 'message_start') cutUsage = usageOf(ev.message.usage);
+      if (ev.type === 'content_block_delta') deltas++;
+    });
     await expect(cut.finalMessage()).rejects.toThrow();
-    seen.push(cutUsage!);
+    expect(deltas).toBe(5);
+    seen.push({ ...cutUsage!, output_tokens: deltas });
     // Errors report nothing.
     await expect(client.messages.create({ model: MODEL, max_tokens: 5, messages }, { headers: { 'x-fake-status': '500' } })).rejects.toBeInstanceOf(InternalServerError);
 
@@ -419,7 +425,7 @@ describe('fake upstream: broken connections and the ledger', () => {
     }), { input_tokens: 0, output_tokens: 0, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 });
     expect(fake.reported.size).toBe(5);
     expect(fake.totalReported()).toEqual(sum);
-    expect(sum.output_tokens).toBe(9 + 12 + 12 + 33 + 1);
+    expect(sum.output_tokens).toBe(9 + 12 + 12 + 33 + 5);
     expect(sum.cache_creation_input_tokens).toBeGreaterThan(0);
     expect(sum.cache_creation_input_tokens).toBe(sum.cache_read_input_tokens);
   });

@@ -258,7 +258,7 @@ describe('rate limits', () => {
 
     // Upstream was aborted: had it run on, it would have reached message_delta (100 tokens) by now.
     await new Promise((r) => setTimeout(r, 1200));
-    expect(stack.fake.reported.get(upstreamId)?.output_tokens).toBe(1);
+    expect(stack.fake.reported.get(upstreamId)?.output_tokens).toBeLessThan(100);
 
     const row = await recordedUsage(stack, limited.id);
     // The aborted stream (and any 429 while its slot was held) count as errors; one request succeeded.
@@ -267,7 +267,9 @@ describe('rate limits', () => {
     const reported = stack.fake.reported.get(upstreamId)!;
     const second = stack.fake.reported.get(lastUpstreamRequest().requestId)!;
     expect(row.inputTokens).toBe(reported.input_tokens + second.input_tokens);
-    expect(row.outputTokens).toBe(reported.output_tokens + second.output_tokens);
+    // The abandoned stream bills at least what upstream generated for it (an estimate from the
+    // text relayed, see SseUsageTap.billableUsage); the completed one exactly what upstream said.
+    expect(row.outputTokens).toBeGreaterThanOrEqual(reported.output_tokens + second.output_tokens);
   });
 
   it('refuses requests once the token budget is spent, saying when it frees', async () => {
@@ -345,6 +347,7 @@ describe('errors', () => {
         method: 'POST',
         headers: { 'x-api-key': k.key },
         body: Readable.from((function* () {
+          yield Buffer.from('{"model":"claude-haiku-4-5","max_tokens":10,"messages":[{"role":"user","content":"');
           for (let i = 0; i < 10; i++) yield Buffer.from('x'.repeat(500));
         })()),
       });

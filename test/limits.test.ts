@@ -187,9 +187,11 @@ describe('Limits: token budget (soft mode)', () => {
       total: 1000,
       used: 600,
       remaining: 400,
-      // Billing is per minute: the tokens leave when their minute is a whole window old.
-      resetsInMs: T0 + MINUTE + windowMs - (T0 + 20_000),
+      // Billing is per minute: the tokens leave when their minute is a whole window old (here
+      // 2h 40s away), but no reset is reported further away than the window itself.
+      resetsInMs: windowMs,
     });
+    expect(limits.budget(key, T0 + 2 * MINUTE).resetsInMs).toBe(T0 + MINUTE + windowMs - (T0 + 2 * MINUTE));
 
     // Soft mode admits while anything is left, even if the request then overshoots.
     vi.setSystemTime(T0 + 30 * MINUTE);
@@ -300,7 +302,7 @@ describe('Limits: strict reservations', () => {
     c.finish(0);
     // Billed usage in the way: the refusal names what remains and when the window frees it.
     const spent = refusal(() => limits.admit(key, T0, strict(251)));
-    expect(spent.message).toMatch(/^Token budget exceeded\. This request may use up to 251 tokens .* and 250 remain\. Resets in 1h 1m\.$/);
+    expect(spent.message).toMatch(/^Token budget exceeded\. This request may use up to 251 tokens .* and 250 remain\. Resets in 1h 0m\.$/);
     expect(() => limits.admit(key, T0, strict(250))).not.toThrow();
   });
 
@@ -323,6 +325,21 @@ describe('Limits: strict reservations', () => {
     a.finish(0);
     // Had the refused request kept its 400, only 600 would be available.
     expect(() => limits.admit(key, T0, { checkBudget: true, reserveTokens: 1000 })).not.toThrow();
+  });
+});
+
+describe('Limits: resets_in never exceeds the window', () => {
+  it('a fresh key on a 5h window reads at most 5h 0m, in the status and in a refusal', () => {
+    vi.useFakeTimers();
+    const limits = new Limits();
+    const key = keyRecord({ budgetTokens: 100, windowSeconds: 5 * 3600 });
+    vi.setSystemTime(T0 + 59_000);
+    limits.admit(key, T0 + 59_000, SOFT).finish(150);
+    const status = limits.budget(key, T0 + 59_000);
+    expect(formatWait(status.resetsInMs)).toBe('5h 0m');
+    const err = refusal(() => limits.admit(key, T0 + 59_000, SOFT));
+    expect(err.message).toBe('Token budget exceeded. Resets in 5h 0m.');
+    expect(Number(err.headers['retry-after'])).toBeLessThanOrEqual(5 * 3600);
   });
 });
 

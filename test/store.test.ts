@@ -1,5 +1,7 @@
 /**
  * The embedded SQLite store: keys, the keys generation, usage rows and reports, persistence.
+ * Reports against the raw rows, migrations, the worker thread and file modes have their own
+ * files (store-rollup.test.ts, store-worker.test.ts).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -273,11 +275,8 @@ describe('SqliteStore persistence', () => {
     }
   });
 
-  // BUG (src/store/sqlite.ts, constructor): `PRAGMA journal_mode = WAL` runs before
-  // `PRAGMA busy_timeout = 5000`, so opening the store while another connection briefly holds a
-  // lock fails at once with "database is locked" instead of waiting. Seen in practice with
-  // parallel `claudcode usage` runs on one data dir (about 1 in 30 failed). Setting busy_timeout
-  // first (or `new DatabaseSync(path, { timeout })`) makes this open wait ~300 ms and succeed.
+  // Parallel `claudcode usage` runs on one data dir used to fail about 1 in 30 with "database is
+  // locked": the WAL pragma ran before busy_timeout was set. The timeout is now set at open.
   it('opening waits for a lock another connection holds briefly', async () => {
     const own = mkdtempSync(join(tmpdir(), 'claudcode-store-lock-'));
     await new SqliteStore(own).close();

@@ -43,8 +43,9 @@ function tapOf(chunks: Iterable<Uint8Array>): SseUsageTap {
   return tap;
 }
 
+/** What the tap would bill (max_tokens far away), and how the stream ended. */
 function summary(tap: SseUsageTap) {
-  return { usage: { ...tap.usage }, completed: tap.completed, sawError: tap.sawError };
+  return { usage: { ...tap.billableUsage(1_000_000) }, completed: tap.completed, sawError: tap.sawError };
 }
 
 /** A small deterministic PRNG (mulberry32) so random chunkings are reproducible. */
@@ -165,14 +166,18 @@ describe('SseUsageTap', () => {
     expect(tap.completed).toBe(false);
   });
 
-  it('a stream cut before message_stop is not completed and keeps the message_start usage', async () => {
+  it('a stream cut before message_delta bills its relayed text: one token per byte, never less than upstream counted', async () => {
     const { bytes, requestId } = await fakeStream({ 'x-fake-cut-after': '2' });
     const text = Buffer.from(bytes).toString('utf8');
     expect(text).toContain('event: message_start');
     expect(text).not.toContain('message_delta');
-    const reported = fake.reported.get(requestId);
-    expect(reported?.output_tokens).toBe(1);
-    expectSameUnderEveryChunking(bytes, { usage: reported!, completed: false, sawError: false });
+    // Upstream generated two tokens ("Hello", " from"); the tap saw message_start's count only.
+    const reported = fake.reported.get(requestId)!;
+    expect(reported.output_tokens).toBe(2);
+    expect(tapOf([bytes]).usage.output_tokens).toBe(1);
+    // Billed: the 10 bytes of "Hello from", at least the 2 tokens upstream generated.
+    expectSameUnderEveryChunking(bytes, { usage: { ...reported, output_tokens: 10 }, completed: false, sawError: false });
+    expect(tapOf([bytes]).billableUsage(4).output_tokens).toBe(4); // never past max_tokens
 
     // The hand-written stream without its message_stop: the message_delta usage still counts.
     expectSameUnderEveryChunking(enc.encode(handStream('\r\n', { stop: false })), {
@@ -182,11 +187,30 @@ describe('SseUsageTap', () => {
     });
   });
 
-  it('an `event: error` sets sawError', async () => {
+  it('an `event: error` sets sawError; the relayed text is billed', async () => {
     const { bytes, requestId } = await fakeStream({ 'x-fake-stream-error-after': '3' });
     expect(Buffer.from(bytes).toString('utf8')).toContain('event: error');
-    const reported = fake.reported.get(requestId);
-    expectSameUnderEveryChunking(bytes, { usage: reported!, completed: false, sawError: true });
+    const reported = fake.reported.get(requestId)!;
+    expect(reported.output_tokens).toBe(3);
+    expectSameUnderEveryChunking(bytes, { usage: { ...reported, output_tokens: 'Hello from the'.length }, completed: false, sawError: true });
+  });
+
+  it('estimates generated text of every delta kind, in canonical and other serialisations', () => {
+    const delta = (d: object) => sse('content_block_delta', { type: 'content_block_delta', index: 0, delta: d });
+    const stream =
+      sse('message_start', { type: 'message_start', message: { usage: { input_tokens: 10, output_tokens: 1 } } }) +
+      delta({ type: 'thinking_delta', thinking: 'héllo' }) + // 6 bytes
+      delta({ type: 'signature_delta', signature: 'EqQBCgIYAhIM'.repeat(20) }) + // not generated text
+      delta({ type: 'text_delta', text: 'a "quoted"\nline' }) + // escaped form: 18 bytes ≥ 15
+      delta({ type: 'input_json_delta', partial_json: '{"city": "Par' }) + // escaped: 16 bytes
+      // Not the canonical field order: parsed instead, the text measured exactly (3 bytes).
+      'event: content_block_delta\ndata: {"delta": {"text": "abc", "type": "text_delta"}, "index": 1, "type": "content_block_delta"}\n\n';
+    const bytes = enc.encode(stream);
+    const expected = { usage: { input_tokens: 10, output_tokens: 6 + 18 + 16 + 3, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 }, completed: false, sawError: false };
+    expectSameUnderEveryChunking(bytes, expected);
+    // Once message_delta reports the output, that count is billed as it is.
+    const finished = tapOf([bytes, enc.encode(sse('message_delta', { type: 'message_delta', usage: { output_tokens: 12 } }))]);
+    expect(finished.billableUsage(1000).output_tokens).toBe(12);
   });
 });
 

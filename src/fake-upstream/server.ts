@@ -462,8 +462,14 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     if (!(await started)) return;
     if (!(await next(EV_BLOCK_START))) return;
     if (!(await next(EV_PING))) return;
+    // Each delta is one generated token: the ledger learns it as the delta goes out, so a stream
+    // that a client abandons or that is cut is recorded with the output it carried (the API
+    // itself bills generated tokens whether or not anyone reads them).
+    const startUsage = { input_tokens: input, output_tokens: 1, cache_creation_input_tokens: creation, cache_read_input_tokens: read };
     for (let i = 0; i < stopAt; i++) {
-      if (!(await next(deltaEvent(i)))) return;
+      const sent = next(deltaEvent(i));
+      if (i > 0) report(requestId, { ...startUsage, output_tokens: i + 1 });
+      if (!(await sent)) return;
     }
     if (cutting) {
       destroySocket(res);

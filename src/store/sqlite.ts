@@ -1,277 +1,210 @@
 /**
- * The embedded store: one SQLite file (node:sqlite, no native build) in the data directory.
- * WAL mode lets the CLI write keys while a gateway process reads them.
+ * The embedded store: one SQLite file (node:sqlite, no native build) in the data directory, in
+ * WAL mode so that the CLI can write keys while a gateway process reads them.
+ *
+ * node:sqlite is synchronous, so the connection lives on a worker thread (sqlite-worker.ts, with
+ * the SQL in sqlite-db.ts) and this class, on the request thread, only forwards each call and
+ * awaits the answer: a report over a million rows, or a write waiting out another process's lock
+ * (busy_timeout), occupies that thread and never stalls requests. Calls run one at a time in the
+ * order made. A failed call rejects with the worker's error (message, and SQLite's code, errcode
+ * and errstr) and the store carries on. A worker that dies rejects the calls it held and a new
+ * one serves the calls after. An idle worker does not keep the process alive; close() lets every
+ * call made before it finish, then closes the database and ends the thread.
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
+import { Worker } from 'node:worker_threads';
+import { DB_FILE, type SqliteOptions, type StoreMethod } from './sqlite-db.ts';
 import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow } from './types.ts';
+import { deserializeError, type WorkerConfig, type WorkerRequest, type WorkerResponse } from './worker-protocol.ts';
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS keys (
-  id TEXT PRIMARY KEY,
-  name TEXT NOT NULL,
-  key_hash TEXT NOT NULL UNIQUE,
-  key_preview TEXT NOT NULL,
-  budget_tokens INTEGER NOT NULL,
-  window_seconds INTEGER NOT NULL,
-  rpm INTEGER NOT NULL,
-  concurrent INTEGER NOT NULL,
-  models TEXT,
-  expires_at INTEGER,
-  disabled INTEGER NOT NULL DEFAULT 0,
-  created_at INTEGER NOT NULL,
-  updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS usage (
-  id INTEGER PRIMARY KEY,
-  ts INTEGER NOT NULL,
-  key_id TEXT NOT NULL,
-  request_id TEXT NOT NULL,
-  endpoint TEXT NOT NULL,
-  model TEXT NOT NULL,
-  status INTEGER NOT NULL,
-  input_tokens INTEGER NOT NULL,
-  output_tokens INTEGER NOT NULL,
-  cache_creation_tokens INTEGER NOT NULL,
-  cache_read_tokens INTEGER NOT NULL,
-  billed_tokens INTEGER NOT NULL,
-  latency_ms INTEGER NOT NULL,
-  cached INTEGER NOT NULL,
-  streamed INTEGER NOT NULL,
-  outcome TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
-CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('keys_generation', '0');
-`;
+export type { SqliteOptions } from './sqlite-db.ts';
 
-interface KeyRow {
-  id: string;
-  name: string;
-  key_hash: string;
-  key_preview: string;
-  budget_tokens: number;
-  window_seconds: number;
-  rpm: number;
-  concurrent: number;
-  models: string | null;
-  expires_at: number | null;
-  disabled: number;
-  created_at: number;
-  updated_at: number;
+// A file URL: Node loads a worker's .ts file itself (type stripping), under vitest as well.
+const WORKER_URL = new URL('./sqlite-worker.ts', import.meta.url);
+
+interface PendingCall {
+  resolve(value: unknown): void;
+  reject(err: Error): void;
 }
 
-function rowToKey(row: KeyRow): KeyRecord {
-  return {
-    id: row.id,
-    name: row.name,
-    hash: row.key_hash,
-    preview: row.key_preview,
-    budgetTokens: row.budget_tokens,
-    windowSeconds: row.window_seconds,
-    rpm: row.rpm,
-    concurrent: row.concurrent,
-    models: row.models === null ? null : (JSON.parse(row.models) as string[]),
-    expiresAt: row.expires_at,
-    disabled: row.disabled === 1,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-  };
+/** One worker thread and the calls it has yet to answer. */
+class StoreThread {
+  /** Settles when the thread has ended, for whatever reason. */
+  readonly exited: Promise<void>;
+  private readonly worker: Worker;
+  private readonly pending = new Map<number, PendingCall>();
+  private nextId = 1;
+  /** Set when the thread can take no more calls: it could not open the database, or it died. */
+  private failure: Error | undefined;
+  private closing = false;
+
+  constructor(config: WorkerConfig, onExit: (thread: StoreThread) => void) {
+    // No inherited Node flags: some the main thread accepts stop a worker from starting
+    // (`node --input-type=module -e …` does), and the worker needs none.
+    this.worker = new Worker(WORKER_URL, { workerData: config, execArgv: [] });
+    this.worker.unref(); // referenced only while calls are outstanding
+    this.worker.on('message', (response: WorkerResponse) => this.answer(response));
+    this.worker.on('error', (err) => {
+      this.failure ??= new Error(`the SQLite store's worker thread failed: ${err.message}`);
+    });
+    this.exited = new Promise((resolve) => {
+      this.worker.once('exit', (code) => {
+        this.failure ??= new Error(`the SQLite store's worker thread exited unexpectedly (exit code ${code})`);
+        this.rejectAll(this.failure);
+        onExit(this);
+        resolve();
+      });
+    });
+  }
+
+  /** False once the thread has failed or is closing: later calls need a new thread. */
+  get usable(): boolean {
+    return this.failure === undefined && !this.closing;
+  }
+
+  call(method: WorkerRequest['method'], args: unknown[]): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const id = this.nextId++;
+      this.worker.postMessage({ id, method, args } satisfies WorkerRequest); // throws if args cannot be cloned
+      if (this.pending.size === 0) this.worker.ref();
+      this.pending.set(id, { resolve, reject });
+    });
+  }
+
+  private answer(response: WorkerResponse): void {
+    if ('openFailed' in response) {
+      this.failure = deserializeError(response.error);
+      this.rejectAll(this.failure);
+      void this.worker.terminate();
+      return;
+    }
+    const call = this.pending.get(response.id);
+    if (!call) return;
+    this.pending.delete(response.id);
+    if (this.pending.size === 0 && !this.closing) this.worker.unref();
+    if (response.ok) call.resolve(response.value);
+    else call.reject(deserializeError(response.error));
+  }
+
+  private rejectAll(err: Error): void {
+    const calls = [...this.pending.values()];
+    this.pending.clear();
+    for (const call of calls) call.reject(err);
+  }
+
+  /** Lets the calls already sent finish, closes the database, and waits for the thread to end. */
+  async close(): Promise<void> {
+    this.closing = true;
+    // Held until the thread has ended, so that `await store.close()` returns even when nothing
+    // else keeps the process alive.
+    this.worker.ref();
+    if (this.failure) {
+      await this.worker.terminate();
+      await this.exited;
+      return;
+    }
+    let closeError: unknown;
+    await this.call('close', []).catch((err: unknown) => {
+      closeError = err;
+    });
+    await this.exited;
+    if (closeError !== undefined) throw closeError;
+  }
 }
-
-const PATCH_COLUMNS: Record<keyof KeyPatch, string> = {
-  name: 'name',
-  budgetTokens: 'budget_tokens',
-  windowSeconds: 'window_seconds',
-  rpm: 'rpm',
-  concurrent: 'concurrent',
-  models: 'models',
-  expiresAt: 'expires_at',
-  disabled: 'disabled',
-};
-
-function toColumnValue(field: keyof KeyPatch, value: unknown): SQLInputValue {
-  if (field === 'models') return value === null ? null : JSON.stringify(value);
-  if (field === 'disabled') return value ? 1 : 0;
-  return value as SQLInputValue;
-}
-
-const GROUP_EXPRESSIONS = {
-  model: 'model',
-  key: 'key_id',
-  day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')",
-} as const;
 
 export class SqliteStore implements Store {
   readonly path: string;
-  private readonly db: DatabaseSync;
-  private readonly statements: {
-    insertKey: StatementSync;
-    getKey: StatementSync;
-    listKeys: StatementSync;
-    deleteKey: StatementSync;
-    bumpGeneration: StatementSync;
-    generation: StatementSync;
-    insertUsage: StatementSync;
-    budgetBuckets: StatementSync;
-    getMeta: StatementSync;
-    setMeta: StatementSync;
+  private readonly config: WorkerConfig;
+  // Mutable state in one object, never reassigned: a wrapper made with Object.create(store)
+  // (as tests do) then shares the store's thread instead of starting its own.
+  private readonly state: { thread: StoreThread | undefined; closed: Promise<void> | undefined } = {
+    thread: undefined,
+    closed: undefined,
   };
 
-  constructor(dataDir: string) {
-    mkdirSync(dataDir, { recursive: true });
-    this.path = join(dataDir, 'claudcode.db');
-    this.db = new DatabaseSync(this.path);
-    // busy_timeout first: switching to WAL needs a lock that another process may briefly hold.
-    this.db.exec('PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;');
-    this.db.exec(SCHEMA);
-    this.statements = {
-      insertKey: this.db.prepare(
-        `INSERT INTO keys (id, name, key_hash, key_preview, budget_tokens, window_seconds, rpm, concurrent, models, expires_at, disabled, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      ),
-      getKey: this.db.prepare('SELECT * FROM keys WHERE id = ?'),
-      listKeys: this.db.prepare('SELECT * FROM keys ORDER BY created_at, id'),
-      deleteKey: this.db.prepare('DELETE FROM keys WHERE id = ?'),
-      bumpGeneration: this.db.prepare(
-        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'keys_generation'",
-      ),
-      generation: this.db.prepare("SELECT value FROM meta WHERE name = 'keys_generation'"),
-      insertUsage: this.db.prepare(
-        `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      ),
-      budgetBuckets: this.db.prepare(
-        `SELECT key_id AS keyId, ts / 60000 AS minute, SUM(billed_tokens) AS tokens
-         FROM usage WHERE ts >= ? AND billed_tokens > 0 GROUP BY key_id, ts / 60000`,
-      ),
-      getMeta: this.db.prepare('SELECT value FROM meta WHERE name = ?'),
-      setMeta: this.db.prepare(
-        'INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value',
-      ),
-    };
+  /**
+   * Starts the worker, which creates the data directory (0700) and the database file (0600) if
+   * need be and migrates the schema; calls made meanwhile wait for it. A file that cannot be
+   * opened fails the calls made (each later call tries again).
+   */
+  constructor(dataDir: string, options: SqliteOptions = {}) {
+    this.path = join(dataDir, DB_FILE);
+    this.config = { dataDir, options };
+    this.state.thread = this.startThread();
   }
 
-  private transaction<T>(work: () => T): T {
-    this.db.exec('BEGIN IMMEDIATE');
+  /** Constructs the store and waits until the database is open and migrated (or rejects). */
+  static async open(dataDir: string, options: SqliteOptions = {}): Promise<SqliteStore> {
+    const store = new SqliteStore(dataDir, options);
     try {
-      const result = work();
-      this.db.exec('COMMIT');
-      return result;
+      await store.keysGeneration();
     } catch (err) {
-      this.db.exec('ROLLBACK');
+      await store.close();
       throw err;
     }
+    return store;
   }
 
-  async createKey(key: KeyRecord): Promise<void> {
-    this.transaction(() => {
-      this.statements.insertKey.run(
-        key.id, key.name, key.hash, key.preview, key.budgetTokens, key.windowSeconds, key.rpm, key.concurrent,
-        key.models === null ? null : JSON.stringify(key.models), key.expiresAt, key.disabled ? 1 : 0,
-        key.createdAt, key.updatedAt,
-      );
-      this.statements.bumpGeneration.run();
+  private startThread(): StoreThread {
+    return new StoreThread(this.config, (thread) => {
+      if (this.state.thread === thread) this.state.thread = undefined;
     });
   }
 
-  async getKey(id: string): Promise<KeyRecord | null> {
-    const row = this.statements.getKey.get(id) as KeyRow | undefined;
-    return row ? rowToKey(row) : null;
+  private call<M extends StoreMethod>(method: M, ...args: Parameters<Store[M]>): ReturnType<Store[M]> {
+    if (this.state.closed) return Promise.reject(new Error('the SQLite store is closed')) as ReturnType<Store[M]>;
+    let thread = this.state.thread;
+    if (!thread?.usable) thread = this.state.thread = this.startThread();
+    return thread.call(method, args) as ReturnType<Store[M]>;
   }
 
-  async listKeys(): Promise<KeyRecord[]> {
-    return (this.statements.listKeys.all() as unknown as KeyRow[]).map(rowToKey);
+  createKey(key: KeyRecord): Promise<void> {
+    return this.call('createKey', key);
   }
 
-  async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord | null> {
-    const fields = (Object.keys(patch) as (keyof KeyPatch)[]).filter((f) => patch[f] !== undefined);
-    return this.transaction(() => {
-      const assignments = fields.map((f) => `${PATCH_COLUMNS[f]} = ?`);
-      const values = fields.map((f) => toColumnValue(f, patch[f]));
-      const result = this.db
-        .prepare(`UPDATE keys SET ${[...assignments, 'updated_at = ?'].join(', ')} WHERE id = ?`)
-        .run(...values, Date.now(), id);
-      if (result.changes === 0) return null;
-      this.statements.bumpGeneration.run();
-      return rowToKey(this.statements.getKey.get(id) as unknown as KeyRow);
-    });
+  getKey(id: string): Promise<KeyRecord | null> {
+    return this.call('getKey', id);
   }
 
-  async deleteKey(id: string): Promise<boolean> {
-    return this.transaction(() => {
-      const deleted = this.statements.deleteKey.run(id).changes > 0;
-      if (deleted) this.statements.bumpGeneration.run();
-      return deleted;
-    });
+  listKeys(): Promise<KeyRecord[]> {
+    return this.call('listKeys');
   }
 
-  async keysGeneration(): Promise<number> {
-    const row = this.statements.generation.get() as { value: string };
-    return Number(row.value);
+  updateKey(id: string, patch: KeyPatch): Promise<KeyRecord | null> {
+    return this.call('updateKey', id, patch);
   }
 
-  async insertUsage(records: UsageRecord[]): Promise<void> {
-    if (records.length === 0) return;
-    this.transaction(() => {
-      for (const r of records) {
-        this.statements.insertUsage.run(
-          r.ts, r.keyId, r.requestId, r.endpoint, r.model, r.status, r.inputTokens, r.outputTokens,
-          r.cacheCreationTokens, r.cacheReadTokens, r.billedTokens, r.latencyMs, r.cached ? 1 : 0,
-          r.streamed ? 1 : 0, r.outcome,
-        );
-      }
-    });
+  deleteKey(id: string): Promise<boolean> {
+    return this.call('deleteKey', id);
   }
 
-  async budgetBuckets(sinceMs: number): Promise<BudgetBucket[]> {
-    return this.statements.budgetBuckets.all(sinceMs) as unknown as BudgetBucket[];
+  keysGeneration(): Promise<number> {
+    return this.call('keysGeneration');
   }
 
-  async usageReport(query: UsageQuery): Promise<UsageRow[]> {
-    const where: string[] = [];
-    const params: SQLInputValue[] = [];
-    if (query.keyId !== undefined) {
-      where.push('key_id = ?');
-      params.push(query.keyId);
-    }
-    if (query.sinceMs !== undefined) {
-      where.push('ts >= ?');
-      params.push(query.sinceMs);
-    }
-    if (query.untilMs !== undefined) {
-      where.push('ts < ?');
-      params.push(query.untilMs);
-    }
-    const group = GROUP_EXPRESSIONS[query.by];
-    const sql = `
-      SELECT ${group} AS "group", model,
-        COUNT(*) AS requests,
-        SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN 1 ELSE 0 END) AS errors,
-        SUM(cached) AS cachedRequests,
-        SUM(input_tokens) AS inputTokens,
-        SUM(output_tokens) AS outputTokens,
-        SUM(cache_creation_tokens) AS cacheCreationTokens,
-        SUM(cache_read_tokens) AS cacheReadTokens,
-        SUM(billed_tokens) AS billedTokens,
-        SUM(latency_ms) AS totalLatencyMs
-      FROM usage ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-      GROUP BY 1, 2 ORDER BY 1, 2`;
-    return this.db.prepare(sql).all(...params) as unknown as UsageRow[];
+  insertUsage(records: UsageRecord[]): Promise<void> {
+    return this.call('insertUsage', records);
   }
 
-  async getMeta(name: string): Promise<string | null> {
-    const row = this.statements.getMeta.get(name) as { value: string } | undefined;
-    return row ? row.value : null;
+  budgetBuckets(sinceMs: number, options?: { keyId?: string; untilMs?: number }): Promise<BudgetBucket[]> {
+    return options === undefined ? this.call('budgetBuckets', sinceMs) : this.call('budgetBuckets', sinceMs, options);
   }
 
-  async setMeta(name: string, value: string): Promise<void> {
-    this.statements.setMeta.run(name, value);
+  usageReport(query: UsageQuery): Promise<UsageRow[]> {
+    return this.call('usageReport', query);
   }
 
-  async close(): Promise<void> {
-    if (this.db.isOpen) this.db.close();
+  getMeta(name: string): Promise<string | null> {
+    return this.call('getMeta', name);
+  }
+
+  setMeta(name: string, value: string): Promise<void> {
+    return this.call('setMeta', name, value);
+  }
+
+  /** Idempotent. Calls made before it finish first; calls made after it reject. */
+  close(): Promise<void> {
+    this.state.closed ??= this.state.thread?.close() ?? Promise.resolve();
+    return this.state.closed;
   }
 }

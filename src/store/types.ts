@@ -1,7 +1,7 @@
 /**
  * The storage interface. Keys and usage live behind it; the embedded default is SQLite
- * (store/sqlite.ts). Methods are async so a networked implementation (PostgreSQL) fits the same
- * shape.
+ * (store/sqlite.ts, which does its I/O on a worker thread). Methods are async so that no
+ * implementation blocks the request thread and a networked one (PostgreSQL) fits the same shape.
  */
 
 export interface KeyRecord {
@@ -42,10 +42,18 @@ export interface UsageRecord {
   cacheReadTokens: number;
   /** Tokens charged against the key's budget (weights applied). */
   billedTokens: number;
+  /** Summed over the requests the record stands for (see `requests`). */
   latencyMs: number;
   cached: boolean;
   streamed: boolean;
   outcome: UsageOutcome;
+  /**
+   * How many requests this record stands for; default 1. Refusals are coalesced into one record
+   * per (key, endpoint, model, status, minute) so that a client hammering a limit cannot grow
+   * the store without bound; such a record's tokens and latencyMs are the sums over its requests,
+   * and every report counts it as this many requests (errors, cached requests likewise).
+   */
+  requests?: number;
 }
 
 /** Billed tokens of one key in one minute, for rebuilding rolling budgets at start-up. */
@@ -59,12 +67,17 @@ export type UsageGrouping = 'model' | 'key' | 'day';
 
 export interface UsageQuery {
   keyId?: string;
+  /** Inclusive. */
   sinceMs?: number;
+  /** Exclusive. */
   untilMs?: number;
   by: UsageGrouping;
 }
 
-/** One group of a usage report, split by model so callers can price it. */
+/**
+ * One group of a usage report, split by model so callers can price it. `day` groups are UTC
+ * days (YYYY-MM-DD); rows come ordered by group, then model (bytewise).
+ */
 export interface UsageRow {
   group: string;
   model: string;
@@ -90,7 +103,8 @@ export interface Store {
   keysGeneration(): Promise<number>;
 
   insertUsage(records: UsageRecord[]): Promise<void>;
-  budgetBuckets(sinceMs: number): Promise<BudgetBucket[]>;
+  /** Buckets with ts in [sinceMs, untilMs), of every key or of one. */
+  budgetBuckets(sinceMs: number, options?: { keyId?: string; untilMs?: number }): Promise<BudgetBucket[]>;
   usageReport(query: UsageQuery): Promise<UsageRow[]>;
 
   getMeta(name: string): Promise<string | null>;

@@ -1,0 +1,152 @@
+/**
+ * The SQLite schema as an ordered list of migrations. `PRAGMA user_version` holds how many have
+ * been applied; `migrate` applies the missing ones at open, all in one BEGIN IMMEDIATE
+ * transaction, so that two processes opening the same file at once cannot both migrate (the
+ * second waits for the write lock, then finds the version current and does nothing) and a
+ * failed migration leaves the file as it was.
+ *
+ * A migration's text is history: once released it never changes (a database that already ran it
+ * will not run it again); a change to the schema is a new migration at the end of the list.
+ */
+import type { DatabaseSync } from 'node:sqlite';
+
+export const HOUR_MS = 3_600_000;
+export const DAY_MS = 86_400_000;
+
+/**
+ * A rollup table of usage per (period, key, model), filled from the rows already in usage. Its
+ * text is part of migration 3: a different layout is a new migration, not an edit here.
+ */
+function rollupTable(table: string, period: string, periodMs: number): string {
+  return `
+CREATE TABLE ${table} (
+  ${period} INTEGER NOT NULL,
+  key_id TEXT NOT NULL,
+  model TEXT NOT NULL,
+  requests INTEGER NOT NULL,
+  errors INTEGER NOT NULL,
+  cached_requests INTEGER NOT NULL,
+  input_tokens INTEGER NOT NULL,
+  output_tokens INTEGER NOT NULL,
+  cache_creation_tokens INTEGER NOT NULL,
+  cache_read_tokens INTEGER NOT NULL,
+  billed_tokens INTEGER NOT NULL,
+  latency_ms INTEGER NOT NULL,
+  PRIMARY KEY (${period}, key_id, model)
+) WITHOUT ROWID;
+CREATE INDEX ${table}_key ON ${table} (key_id, ${period});
+INSERT INTO ${table} (${period}, key_id, model, requests, errors, cached_requests, input_tokens, output_tokens,
+                      cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms)
+SELECT ts / ${periodMs} - (ts % ${periodMs} < 0), key_id, model,
+  SUM(requests),
+  SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END),
+  SUM(CASE WHEN cached THEN requests ELSE 0 END),
+  SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_tokens), SUM(cache_read_tokens),
+  SUM(billed_tokens), SUM(latency_ms)
+FROM usage GROUP BY 1, 2, 3;
+`;
+}
+
+export interface Migration {
+  /** What the migration does, for the error message if it fails. */
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    // Exactly the schema the store created before it was versioned (those files are at
+    // user_version 0): IF NOT EXISTS makes this a no-op on them and the whole schema on a new file.
+    name: 'keys, usage and meta',
+    sql: `
+CREATE TABLE IF NOT EXISTS keys (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  key_hash TEXT NOT NULL UNIQUE,
+  key_preview TEXT NOT NULL,
+  budget_tokens INTEGER NOT NULL,
+  window_seconds INTEGER NOT NULL,
+  rpm INTEGER NOT NULL,
+  concurrent INTEGER NOT NULL,
+  models TEXT,
+  expires_at INTEGER,
+  disabled INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+  id INTEGER PRIMARY KEY,
+  ts INTEGER NOT NULL,
+  key_id TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  endpoint TEXT NOT NULL,
+  model TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  input_tokens INTEGER NOT NULL,
+  output_tokens INTEGER NOT NULL,
+  cache_creation_tokens INTEGER NOT NULL,
+  cache_read_tokens INTEGER NOT NULL,
+  billed_tokens INTEGER NOT NULL,
+  latency_ms INTEGER NOT NULL,
+  cached INTEGER NOT NULL,
+  streamed INTEGER NOT NULL,
+  outcome TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('keys_generation', '0');
+`,
+  },
+  {
+    // Coalesced refusals: one row may stand for several requests (UsageRecord.requests).
+    name: 'usage.requests',
+    sql: 'ALTER TABLE usage ADD COLUMN requests INTEGER NOT NULL DEFAULT 1;',
+  },
+  {
+    // Totals per (hour, key, model) and per (UTC day, key, model), kept in the same transaction
+    // as every usage insert, so that a report reads one row per group and day (per group and
+    // hour in the partial days at the edges of its range, raw rows only in the partial hours)
+    // instead of one per request. Periods are floor(ts / period) (the expression floors negative
+    // ts too); errors and cached requests are counted per request, as reports count them.
+    name: 'usage_hourly and usage_daily rollups, backfilled from usage',
+    sql: rollupTable('usage_hourly', 'hour', HOUR_MS) + rollupTable('usage_daily', 'day', DAY_MS),
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+function userVersion(db: DatabaseSync): number {
+  return Number((db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version);
+}
+
+/** Brings the file to SCHEMA_VERSION; refuses a file written by a newer claudcode. */
+export function migrate(db: DatabaseSync): void {
+  // The common case (already current) takes no write lock.
+  if (userVersion(db) === SCHEMA_VERSION) return;
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    const from = userVersion(db);
+    if (from > SCHEMA_VERSION) {
+      throw new Error(
+        `the store's schema is version ${from}, newer than this claudcode knows (${SCHEMA_VERSION}): upgrade claudcode`,
+      );
+    }
+    for (let version = from + 1; version <= SCHEMA_VERSION; version++) {
+      const migration = MIGRATIONS[version - 1]!;
+      try {
+        db.exec(migration.sql);
+      } catch (err) {
+        // Reworded in place so that the SQLite code (errcode, errstr) stays on the error.
+        if (err instanceof Error) err.message = `schema migration ${version} (${migration.name}) failed: ${err.message}`;
+        throw err;
+      }
+    }
+    // user_version lives in the file header and commits with the migrations.
+    db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+    db.exec('COMMIT');
+  } catch (err) {
+    if (db.isTransaction) db.exec('ROLLBACK');
+    throw err;
+  }
+}
