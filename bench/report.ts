@@ -17,6 +17,7 @@ import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { parseArgs } from 'node:util';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
+import { seededRandom } from '../test/random.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1000000' }, runs: { type: 'string', default: '5' } } });
 const ROWS = Number(values.rows);
@@ -31,17 +32,8 @@ const MODELS = [
 ] as const;
 const BATCH = 5000;
 
-/** Deterministic, so runs are comparable (mulberry32). */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Deterministic, so runs are comparable.
+const random = seededRandom;
 const rand = random(42);
 
 // Key i gets a share of the traffic proportional to 1 / (i + 1)^0.8: a few busy keys, a long tail.

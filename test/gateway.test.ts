@@ -413,6 +413,20 @@ describe('errors', () => {
     expect(dropped.status).toBe(502);
   });
 
+  it('answers 502, not 500, when upstream cuts a JSON body part-way (and logs no unhandled error)', async () => {
+    const { key: cutKey, id } = await stack.newKey({ name: 'json-cut' });
+    const err = (await stack
+      .client(cutKey)
+      .messages.create({ model: 'claude-haiku-4-5', max_tokens: 10, messages: [MESSAGE] }, { headers: { 'x-fake-cut-after': '0' } })
+      .catch((e: unknown) => e)) as APIError;
+    expect(err).toBeInstanceOf(Anthropic.APIError);
+    expect(err.status).toBe(502);
+    expect((err.error as { error: { type: string; message: string } }).error).toMatchObject({ type: 'api_error', message: expect.stringMatching(/upstream response ended/) });
+    expect(stack.logs.join('')).not.toContain('unhandled error');
+    const row = await recordedUsage(stack, id);
+    expect(row).toMatchObject({ requests: 1, errors: 1 });
+  });
+
   it('ends a stream cut short upstream with an SSE error event the SDK raises', async () => {
     const stream = stack.client(key).messages.stream(
       { model: 'claude-haiku-4-5', max_tokens: 50, messages: [MESSAGE] },

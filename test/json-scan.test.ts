@@ -5,6 +5,7 @@
  * right at chunk boundaries (escapes, UTF-8, numbers, offsets). Deterministic: no clocks.
  */
 import { describe, expect, it } from 'vitest';
+import { seededRandom } from './fixtures.ts';
 import { JsonScanner, scanJson, type JsonKind, type ScanResult, type ScannedField } from '../src/json-scan.ts';
 
 const CAPTURE = ['model', 'max_tokens', 'stream', 'messages'];
@@ -12,17 +13,7 @@ const CAPTURE = ['model', 'max_tokens', 'stream', 'messages'];
 // ---------------------------------------------------------------------------
 // Helpers
 
-/** mulberry32: a small seeded PRNG, so every run sees the same cases. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = seededRandom;
 
 type Random = ReturnType<typeof prng>;
 const int = (random: Random, below: number): number => Math.floor(random() * below);

@@ -4,52 +4,23 @@
  * as the requests they stand for; files created by the store before it was versioned migrate
  * cleanly; stores opening one fresh file at once do not race.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelCatalog } from '../src/catalog.ts';
 import { usageReport } from '../src/reports.ts';
-import { SCHEMA_VERSION } from '../src/store/schema.ts';
+import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/schema.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { UsageGrouping, UsageOutcome, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
+import { seededRandom, tempDirs, usageRecordAt } from './fixtures.ts';
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
 const T = Date.UTC(2026, 2, 10, 12, 0, 0); // 2026-03-10 12:00 UTC
 
-const dirs: string[] = [];
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'claudcode-store-rollup-'));
-  dirs.push(dir);
-  return dir;
-}
-afterAll(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-let seq = 0;
-function usage(over: Partial<UsageRecord> = {}): UsageRecord {
-  seq++;
-  return {
-    ts: T, keyId: 'key_a', requestId: `req_${seq}`, endpoint: 'messages', model: 'claude-haiku-4-5', status: 200,
-    inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 33, latencyMs: 100,
-    cached: false, streamed: false, outcome: 'ok', ...over,
-  };
-}
-
-/** Deterministic randomness (mulberry32), so a failure can be replayed. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const tempDir = tempDirs('store-rollup');
+const usage = (over: Partial<UsageRecord> = {}) => usageRecordAt({ ts: T, keyId: 'key_a' }, over);
+const random = seededRandom;
 
 /** The reference: one aggregate over the raw usage rows, each counted as `requests` requests. */
 const RAW_GROUP: Record<UsageGrouping, string> = { model: 'model', key: 'key_id', day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')" };
@@ -200,46 +171,11 @@ describe('budgetBuckets filters', () => {
   });
 });
 
-/** The schema and statements the store used before it was versioned (user_version 0). */
-const UNVERSIONED_SCHEMA = `
-CREATE TABLE IF NOT EXISTS keys (
-  id TEXT PRIMARY KEY,
-  name TEXT NOT NULL,
-  key_hash TEXT NOT NULL UNIQUE,
-  key_preview TEXT NOT NULL,
-  budget_tokens INTEGER NOT NULL,
-  window_seconds INTEGER NOT NULL,
-  rpm INTEGER NOT NULL,
-  concurrent INTEGER NOT NULL,
-  models TEXT,
-  expires_at INTEGER,
-  disabled INTEGER NOT NULL DEFAULT 0,
-  created_at INTEGER NOT NULL,
-  updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS usage (
-  id INTEGER PRIMARY KEY,
-  ts INTEGER NOT NULL,
-  key_id TEXT NOT NULL,
-  request_id TEXT NOT NULL,
-  endpoint TEXT NOT NULL,
-  model TEXT NOT NULL,
-  status INTEGER NOT NULL,
-  input_tokens INTEGER NOT NULL,
-  output_tokens INTEGER NOT NULL,
-  cache_creation_tokens INTEGER NOT NULL,
-  cache_read_tokens INTEGER NOT NULL,
-  billed_tokens INTEGER NOT NULL,
-  latency_ms INTEGER NOT NULL,
-  cached INTEGER NOT NULL,
-  streamed INTEGER NOT NULL,
-  outcome TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
-CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('keys_generation', '0');
-`;
+/**
+ * The schema the store created before it was versioned (user_version 0): migration 1 is that
+ * schema verbatim (see schema.ts), so a file made with it alone is such an unversioned file.
+ */
+const UNVERSIONED_SCHEMA = MIGRATIONS[0]!.sql;
 
 describe('schema migrations', () => {
   it('migrates a file created by the unversioned store, keeping its keys, meta and usage', async () => {

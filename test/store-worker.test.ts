@@ -6,8 +6,7 @@
  * process alive; the files are private to their owner.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { DatabaseSync } from 'node:sqlite';
@@ -16,29 +15,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../src/store/schema.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { UsageRecord } from '../src/store/types.ts';
+import { tempDirs, usageRecordAt } from './fixtures.ts';
 
 const HOUR = 3_600_000;
 const T = Date.UTC(2026, 2, 10, 12, 0, 0); // 2026-03-10 12:00 UTC
 
-const dirs: string[] = [];
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'claudcode-store-worker-'));
-  dirs.push(dir);
-  return dir;
-}
-afterAll(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-let seq = 0;
-function usage(over: Partial<UsageRecord> = {}): UsageRecord {
-  seq++;
-  return {
-    ts: T, keyId: 'key_w', requestId: `req_${seq}`, endpoint: 'messages', model: 'claude-haiku-4-5', status: 200,
-    inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 33, latencyMs: 100,
-    cached: false, streamed: false, outcome: 'ok', ...over,
-  };
-}
+const tempDir = tempDirs('store-worker');
+const usage = (over: Partial<UsageRecord> = {}) => usageRecordAt({ ts: T, keyId: 'key_w' }, over);
 
 /**
  * The longest the event loop was held up while `work` ran (a 5 ms interval timer's largest gap

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { seededRandom } from './fixtures.ts';
 import { startFakeUpstream, type FakeUpstream } from '../src/fake-upstream/server.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { Store, UsageRecord } from '../src/store/types.ts';
@@ -48,17 +49,7 @@ function summary(tap: SseUsageTap) {
   return { usage: { ...tap.billableUsage(1_000_000) }, completed: tap.completed, sawError: tap.sawError };
 }
 
-/** A small deterministic PRNG (mulberry32) so random chunkings are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 function* randomChunks(bytes: Uint8Array, random: () => number, maxSize: number): Generator<Uint8Array> {
   let at = 0;

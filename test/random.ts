@@ -1,0 +1,13 @@
+/** Seeded randomness for tests and benchmarks (no vitest import, so a benchmark can use it too). */
+
+/** mulberry32: a small seeded PRNG, so every run sees the same cases and a failure replays. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
