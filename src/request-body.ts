@@ -96,7 +96,9 @@ function readChunks(incoming: IncomingMessage, take: (chunk: Buffer) => boolean)
       }
       // One chunk per upload per turn of the event loop: libuv reads a busy socket up to 32
       // times in a row, so without this a few fast 30 MiB uploads would be scanned megabytes at
-      // a time while every other client waits.
+      // a time while every other client waits. (A body already all in, the usual small request,
+      // needs no turn.)
+      if (incoming.complete) return;
       incoming.pause();
       setImmediate(resume);
     };

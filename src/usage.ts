@@ -64,21 +64,21 @@ const GENERATED_DELTAS: ReadonlyArray<readonly [type: string, field: string, mar
 ].map(([type, field]) => [type!, field!, `"delta":{"type":"${type}","${field}":"`] as const);
 
 /**
- * UTF-8 bytes of the generated text one `content_block_delta` data line carries (0 for deltas
+ * UTF-8 bytes of the generated text one `content_block_delta` data line (`data: {...}`) carries (0 for deltas
  * that carry none, such as a thinking signature). On the canonical shape this is one search and
  * one byte count, without parsing the event: the escaped form counted is never shorter than the
  * text it encodes, so the count errs on the high side.
  */
-function generatedBytes(data: string): number {
+function generatedBytes(dataLine: string): number {
   for (const [, , marker] of GENERATED_DELTAS) {
-    const at = data.indexOf(marker);
-    if (at !== -1 && data.endsWith('"}}')) {
+    const at = dataLine.indexOf(marker);
+    if (at !== -1 && dataLine.endsWith('"}}')) {
       // Everything before the text is ASCII framing, so bytes of the text = bytes of the line - offsets.
-      return Buffer.byteLength(data, 'utf8') - (at + marker.length) - 3;
+      return Buffer.byteLength(dataLine, 'utf8') - (at + marker.length) - 3;
     }
   }
   try {
-    const delta = (JSON.parse(data) as { delta?: Record<string, unknown> }).delta;
+    const delta = (JSON.parse(dataLine.slice(5)) as { delta?: Record<string, unknown> }).delta;
     for (const [type, field] of GENERATED_DELTAS) {
       const text = delta?.[field];
       if (delta?.type === type && typeof text === 'string') return Buffer.byteLength(text, 'utf8');
@@ -145,7 +145,7 @@ export class SseUsageTap {
       else if (this.event === 'error') this.sawError = true;
     } else if (line.startsWith('data:')) {
       if (this.event === 'content_block_delta') {
-        this.generatedBytes += generatedBytes(line.slice(5).trimStart());
+        this.generatedBytes += generatedBytes(line);
       } else if (this.event === 'message_start' || this.event === 'message_delta') {
         try {
           const data = JSON.parse(line.slice(5)) as { message?: { usage?: unknown }; usage?: unknown };
