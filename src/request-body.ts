@@ -43,24 +43,20 @@ export async function readScannedRequest(incoming: IncomingMessage, rules: BodyR
   const declared = Number(incoming.headers['content-length']);
   if (declared > rules.limitBytes) throw new RequestTooLargeError(rules.limitBytes);
   const scanner = new JsonScanner({ capture: CAPTURED, maxStringBytes: MAX_MODEL_CHARS * 4 });
-  // With a declared length the body is copied into one buffer as it arrives (no second copy at
-  // the end); without, chunks are kept and joined once.
-  const whole = declared > 0 ? Buffer.allocUnsafe(declared) : undefined;
+  // The chunks that actually arrived, joined once at the end (a single-chunk body, the usual
+  // small request, is used as it is). Nothing is allocated for what a client merely declares.
   const chunks: Buffer[] = [];
   let size = 0;
   await readChunks(incoming, (chunk) => {
     if (size + chunk.byteLength > rules.limitBytes) throw new RequestTooLargeError(rules.limitBytes);
-    if (whole && size + chunk.byteLength <= whole.byteLength) chunk.copy(whole, size);
-    else chunks.push(chunk);
+    chunks.push(chunk);
     size += chunk.byteLength;
     return scanner.push(chunk);
   });
   const scan = scanner.end();
   if (!scan.ok) throw new InvalidRequestError(`Request body is not valid JSON: ${scan.message}`);
   if (scan.rootKind !== 'object') throw new InvalidRequestError('Request body must be a JSON object.');
-  const body = whole && size === whole.byteLength && chunks.length === 0
-    ? whole
-    : Buffer.concat(whole ? [whole.subarray(0, Math.min(size, whole.byteLength)), ...chunks] : chunks, size);
+  const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
   return { body, ...validateFields(scan.fields, rules) };
 }
 
