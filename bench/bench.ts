@@ -5,7 +5,12 @@
  *   added latency  p50/p99, 1 request in flight: JSON, and streaming (first byte, last byte)
  *   throughput     requests/s at a fixed concurrency (default 32): JSON and streaming
  *
- * The fake upstream and the gateway run as child processes (pinned to cores 1 and 0 with
+ * Two gateways are measured beside the direct baseline when the machine's PostgreSQL
+ * (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer: the embedded default (SQLite, limits in
+ * process) and the scale-out mode (PostgreSQL + Redis, a fresh database and key prefix, removed
+ * afterwards). Without them, or with --no-scale-out, only the embedded one.
+ *
+ * The fake upstream and the gateways run as child processes (pinned to cores 1 and 0 with
  * taskset when available); the load generator is this process (undici Pool, keep-alive).
  *
  * Options (argv, or the environment variable in brackets):
@@ -17,13 +22,14 @@
  *   --output-tokens N       text deltas per stream / words per JSON reply (BENCH_OUTPUT_TOKENS)
  *   --no-pin                do not pin the children to cores
  *   --cpu-prof              profile the gateway child (--cpu-prof) and summarise where its time goes
+ *   --no-scale-out          do not measure the scale-out mode
  *
  * Writes bench/results/latest.json. Exits non-zero if any request failed.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { availableParallelism, cpus, tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -50,6 +56,7 @@ const { values: argv } = parseArgs({
     'output-tokens': { type: 'string' },
     'no-pin': { type: 'boolean', default: false },
     'cpu-prof': { type: 'boolean', default: false },
+    'no-scale-out': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -87,6 +94,7 @@ const OPTS = {
   warmupSeconds: QUICK ? 0.5 : 1.5,
   pin: !argv['no-pin'],
   cpuProf: argv['cpu-prof'],
+  scaleOut: !argv['no-scale-out'],
 };
 /** A run during which other processes used this much of a core (in %) is flagged as noisy. */
 const NOISY_PCT = 10;
@@ -117,7 +125,8 @@ const BODY: Record<Mode, string> = {
 const STREAM_END = 'event: message_stop\ndata: {"type":"message_stop"}\n\n';
 
 type Mode = 'json' | 'stream';
-type PathName = 'direct' | 'gateway';
+type PathName = 'direct' | 'gateway' | 'scaleout';
+const PATH_LABEL: Record<PathName, string> = { direct: 'direct', gateway: 'embedded', scaleout: 'scale-out' };
 const MODES: Mode[] = ['json', 'stream'];
 
 // ---------------------------------------------------------------------------
@@ -269,15 +278,50 @@ function machineBusyMs(): number | undefined {
   }
 }
 
+/**
+ * CPU time of the scale-out mode's services (every postgres and redis-server process), in ms:
+ * their work for the scale-out gateway is ours, not noise.
+ */
+function servicesCpuMs(): number {
+  let total = 0;
+  try {
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+        const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        if (comm !== 'postgres' && comm !== 'redis-server') continue;
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        total += ((Number(fields[11]) + Number(fields[12])) * 1000) / CLK_TCK;
+      } catch {
+        // the process ended meanwhile
+      }
+    }
+  } catch {
+    // no /proc
+  }
+  return total;
+}
+
+/** The processes whose CPU a run counts as its own (the services too, for the scale-out mode). */
+interface Pids {
+  gateway?: number;
+  fake?: number;
+  services?: boolean;
+}
+
 /** CPU used by processes other than ours over `windowMs`, in % of one core (undefined without /proc). */
-async function foreignCpuOver(windowMs: number, pids: { gateway?: number; fake?: number }): Promise<number | undefined> {
-  const snap = () => ({ machine: machineBusyMs(), gateway: cpuMsOf(pids.gateway), fake: cpuMsOf(pids.fake), self: process.cpuUsage(), at: performance.now() });
+async function foreignCpuOver(windowMs: number, pids: Pids): Promise<number | undefined> {
+  const snap = () => ({
+    machine: machineBusyMs(), gateway: cpuMsOf(pids.gateway), fake: cpuMsOf(pids.fake), services: pids.services ? servicesCpuMs() : 0,
+    self: process.cpuUsage(), at: performance.now(),
+  });
   const b = snap();
   await sleep(windowMs);
   const a = snap();
   if (a.machine === undefined || b.machine === undefined || a.gateway === undefined || b.gateway === undefined || a.fake === undefined || b.fake === undefined) return undefined;
   const self = process.cpuUsage(b.self);
-  const ours = a.gateway - b.gateway + (a.fake - b.fake) + (self.user + self.system) / 1000;
+  const ours = a.gateway - b.gateway + (a.fake - b.fake) + (a.services - b.services) + (self.user + self.system) / 1000;
   return Math.max(0, ((a.machine - b.machine - ours) / (a.at - b.at)) * 100);
 }
 
@@ -285,7 +329,7 @@ let quietBudgetMs = QUICK ? 5_000 : 40_000;
 let quietWaitedMs = 0;
 
 /** Waits (within a budget for the whole run) until other processes leave the cores alone. */
-async function waitForQuiet(pids: { gateway?: number; fake?: number }): Promise<void> {
+async function waitForQuiet(pids: Pids): Promise<void> {
   let announced = false;
   while (quietBudgetMs > 0 && !fatalCalled) {
     const started = performance.now();
@@ -427,28 +471,29 @@ interface RunResult {
   /** Time to first body byte. */
   firstByte: Distribution;
   /** CPU time per completed request, in microseconds (undefined without /proc). */
-  cpuUsPerRequest: { gateway?: number; fake?: number; loadGenerator: number };
+  cpuUsPerRequest: { gateway?: number; fake?: number; services?: number; loadGenerator: number };
   /** CPU used during the run by processes other than these three, in % of one core: noise. */
   foreignCpuPct?: number;
 }
 
-async function measure(t: Target, mode: Mode, kind: 'latency' | 'throughput', rep: number, pids: { gateway?: number; fake?: number }): Promise<RunResult> {
-  const before = { gateway: cpuMsOf(pids.gateway), fake: cpuMsOf(pids.fake), self: process.cpuUsage(), machine: machineBusyMs() };
+async function measure(t: Target, mode: Mode, kind: 'latency' | 'throughput', rep: number, pids: Pids): Promise<RunResult> {
+  const before = { gateway: cpuMsOf(pids.gateway), fake: cpuMsOf(pids.fake), services: pids.services ? servicesCpuMs() : 0, self: process.cpuUsage(), machine: machineBusyMs() };
   const r =
     kind === 'latency'
       ? await load(t, mode, 1, OPTS.latencyRequests, OPTS.latencyCapMs)
       : await load(t, mode, OPTS.concurrency, OPTS.throughputMaxRequests, OPTS.throughputSeconds * 1000);
   const self = process.cpuUsage(before.self);
-  const after = { gateway: cpuMsOf(pids.gateway), fake: cpuMsOf(pids.fake), machine: machineBusyMs() };
+  const after = { gateway: cpuMsOf(pids.gateway), fake: cpuMsOf(pids.fake), services: pids.services ? servicesCpuMs() : 0, machine: machineBusyMs() };
   let foreignCpuPct: number | undefined;
   if (after.machine !== undefined && before.machine !== undefined && after.gateway !== undefined && before.gateway !== undefined && after.fake !== undefined && before.fake !== undefined) {
-    const ours = after.gateway - before.gateway + (after.fake - before.fake) + (self.user + self.system) / 1000;
+    const ours = after.gateway - before.gateway + (after.fake - before.fake) + (after.services - before.services) + (self.user + self.system) / 1000;
     foreignCpuPct = Math.max(0, ((after.machine - before.machine - ours) / r.elapsedMs) * 100);
   }
   const perReq = (after: number | undefined, b: number | undefined) =>
     after === undefined || b === undefined || r.ok === 0 ? undefined : ((after - b) * 1000) / r.ok;
-  const gatewayCpu = t.name === 'gateway' ? perReq(after.gateway, before.gateway) : undefined;
+  const gatewayCpu = t.name === 'direct' ? undefined : perReq(after.gateway, before.gateway);
   const fakeCpu = perReq(after.fake, before.fake);
+  const servicesCpu = pids.services ? perReq(after.services, before.services) : undefined;
   return {
     rep,
     ok: r.ok,
@@ -460,6 +505,7 @@ async function measure(t: Target, mode: Mode, kind: 'latency' | 'throughput', re
     cpuUsPerRequest: {
       ...(gatewayCpu === undefined ? {} : { gateway: gatewayCpu }),
       ...(fakeCpu === undefined ? {} : { fake: fakeCpu }),
+      ...(servicesCpu === undefined ? {} : { services: servicesCpu }),
       loadGenerator: (self.user + self.system) / Math.max(1, r.ok),
     },
     ...(foreignCpuPct === undefined ? {} : { foreignCpuPct }),
@@ -469,6 +515,81 @@ async function measure(t: Target, mode: Mode, kind: 'latency' | 'throughput', re
 // ---------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------
+
+/**
+ * A second gateway in the scale-out mode on the machine's PostgreSQL and Redis: a fresh database
+ * and key prefix, both removed by `cleanUp`. Undefined (with a note) when either is unreachable.
+ */
+async function startScaleOut(
+  gatewayEnv: Record<string, string>,
+  fakeUrl: string,
+  pinned: boolean,
+): Promise<{ child: Child; url: string; key: string; cleanUp: () => Promise<void> } | undefined> {
+  const reachable = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const socket = createConnection({ host: '127.0.0.1', port, timeout: 1000 });
+      socket.once('connect', () => (socket.destroy(), resolve(true)));
+      socket.once('error', () => resolve(false));
+      socket.once('timeout', () => (socket.destroy(), resolve(false)));
+    });
+  if (!(await reachable(5432)) || !(await reachable(6379))) {
+    console.log('Scale-out mode not measured: PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) is not reachable.');
+    return undefined;
+  }
+  const { default: pg } = await import('pg');
+  const { Redis } = await import('ioredis');
+  const suffix = randomBytes(4).toString('hex');
+  const database = `claudcode_bench_${suffix}`;
+  const prefix = `claudcode-bench-${suffix}:`;
+  const adminUrl = 'postgres://postgres@127.0.0.1:5432/postgres';
+  const sql = async (statement: string) => {
+    const client = new pg.Client({ connectionString: adminUrl });
+    await client.connect();
+    try {
+      await client.query(statement);
+    } finally {
+      await client.end();
+    }
+  };
+  await sql(`CREATE DATABASE ${database}`);
+  const cleanUp = async () => {
+    await sql(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch((err: unknown) => console.error(`bench: could not drop ${database}: ${String(err)}`));
+    const redis = new Redis('redis://127.0.0.1:6379', { lazyConnect: true });
+    try {
+      await redis.connect();
+      for await (const keys of redis.scanStream({ match: `${prefix}*`, count: 1000 }) as AsyncIterable<string[]>) {
+        if (keys.length > 0) await redis.del(...keys);
+      }
+    } finally {
+      redis.disconnect();
+    }
+  };
+  const port = await freePort();
+  const child = startChild(
+    'scale-out gateway',
+    ['src/cli.ts', 'start'],
+    {
+      ...gatewayEnv,
+      PORT: String(port),
+      DATABASE_URL: `postgres://postgres@127.0.0.1:5432/${database}`,
+      REDIS_URL: 'redis://127.0.0.1:6379',
+      CLAUDCODE_REDIS_PREFIX: prefix,
+      CLAUDCODE_UPSTREAM_URL: fakeUrl,
+      CLAUDCODE_UPSTREAM_KEY: FAKE_KEY,
+    },
+    pinned ? 0 : undefined,
+  );
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor('scale-out gateway /health', child, async () => (await fetch(`${url}/health`)).ok);
+  const created = await fetch(`${url}/admin/keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'bench', rpm: 1_000_000, concurrent: 10_000, budget_tokens: 1_000_000_000_000 }),
+  });
+  const key = ((await created.json()) as { key?: string }).key;
+  if (created.status !== 201 || !key) throw new Error(`creating the scale-out key failed (${created.status})`);
+  return { child, url, key, cleanUp };
+}
 
 async function main(): Promise<void> {
   const runStarted = performance.now();
@@ -522,16 +643,23 @@ async function main(): Promise<void> {
   const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
   await waitFor('gateway /health', gateway, async () => (await fetch(`${gatewayUrl}/health`)).ok);
 
+  // The scale-out gateway: the same code on PostgreSQL and Redis, when the machine has them.
+  const scaleOut = OPTS.scaleOut ? await startScaleOut(gatewayEnv, fakeUrl, pinned) : undefined;
+
   const poolOptions = { connections: OPTS.concurrency, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 15_000, bodyTimeout: 15_000 };
   const headersFor = (key: string): Record<Mode, Record<string, string>> => {
     const base = { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'x-api-key': key, 'x-fake-output-tokens': String(OPTS.outputTokens) };
     return { json: base, stream: { ...base, accept: 'text/event-stream' } };
   };
-  const targets: Record<PathName, Target> = {
+  const targets: Partial<Record<PathName, Target>> = {
     direct: { name: 'direct', pool: new Pool(fakeUrl, poolOptions), headers: headersFor(FAKE_KEY) },
     gateway: { name: 'gateway', pool: new Pool(gatewayUrl, poolOptions), headers: headersFor(gatewayKey) },
+    ...(scaleOut ? { scaleout: { name: 'scaleout' as const, pool: new Pool(scaleOut.url, poolOptions), headers: headersFor(scaleOut.key) } } : {}),
   };
+  const paths = Object.keys(targets) as PathName[];
   const pids = { gateway: gateway.proc.pid, fake: fake.proc.pid };
+  const pidsFor = (path: PathName): Pids =>
+    path === 'scaleout' ? { gateway: scaleOut!.child.proc.pid, fake: fake.proc.pid, services: true } : pids;
 
   // Both paths must answer correctly before anything is measured.
   for (const t of Object.values(targets)) {
@@ -552,15 +680,15 @@ async function main(): Promise<void> {
   }
   process.stdout.write('\n');
 
-  // Measurements: every (kind, mode) pair runs direct and gateway back to back, alternating
-  // which goes first from one repetition to the next.
+  // Measurements: every (kind, mode) runs each path back to back, rotating which goes first
+  // from one repetition to the next.
   type Key = `${'latency' | 'throughput'}.${Mode}.${PathName}`;
   const runs = new Map<Key, RunResult[]>();
   const discarded: (RunResult & { key: Key })[] = [];
   let retriesLeft = OPTS.quick ? 2 : 10;
   const isNoisy = (r: RunResult) => (r.foreignCpuPct ?? 0) >= NOISY_PCT;
   for (let rep = 1; rep <= OPTS.reps; rep++) {
-    const order: PathName[] = rep % 2 === 1 ? ['direct', 'gateway'] : ['gateway', 'direct'];
+    const order: PathName[] = paths.map((_, i) => paths[(i + rep - 1) % paths.length]!);
     for (const kind of ['latency', 'throughput'] as const) {
       for (const mode of MODES) {
         // A pair measured while other processes were busy is measured again (a bounded number of times).
@@ -568,14 +696,14 @@ async function main(): Promise<void> {
           await waitForQuiet(pids);
           const pair: [PathName, RunResult][] = [];
           for (const path of order) {
-            const result = await measure(targets[path], mode, kind, rep, pids);
+            const result = await measure(targets[path]!, mode, kind, rep, pidsFor(path));
             pair.push([path, result]);
             const line =
               kind === 'latency'
                 ? `p50 ${result.latency.p50.toFixed(3)} ms  p99 ${result.latency.p99.toFixed(3)} ms`
                 : `${result.rps.toFixed(0)} req/s`;
             const noise = isNoisy(result) ? `  (other processes used ${Math.round(result.foreignCpuPct!)}% of a core)` : '';
-            console.log(`  rep ${rep}/${OPTS.reps}  ${kind.padEnd(10)} ${mode.padEnd(6)} ${path.padEnd(7)}  ${String(result.ok).padStart(6)} ok  ${line}${result.failed ? `  ${result.failed} FAILED` : ''}${noise}`);
+            console.log(`  rep ${rep}/${OPTS.reps}  ${kind.padEnd(10)} ${mode.padEnd(6)} ${PATH_LABEL[path].padEnd(9)}  ${String(result.ok).padStart(6)} ok  ${line}${result.failed ? `  ${result.failed} FAILED` : ''}${noise}`);
           }
           if (pair.some(([, r]) => isNoisy(r)) && retriesLeft > 0) {
             retriesLeft--;
@@ -595,6 +723,7 @@ async function main(): Promise<void> {
 
   await Promise.all(Object.values(targets).map((t) => t.pool.close()));
   await stopChildren();
+  await scaleOut?.cleanUp();
   const noisyRuns = [...runs.values()].flat().filter((r) => (r.foreignCpuPct ?? 0) >= NOISY_PCT).length;
   const foreignMax = Math.max(0, ...[...runs.values()].flat().map((r) => r.foreignCpuPct ?? 0));
 
@@ -622,16 +751,22 @@ async function main(): Promise<void> {
   const latency = latencyRows.map((row) => {
     const direct = med('latency', row.mode, 'direct', row.pick);
     const gw = med('latency', row.mode, 'gateway', row.pick);
-    return { scenario: row.label, metric: row.metric, directMs: direct, gatewayMs: gw, addedMs: gw - direct };
+    const so = scaleOut ? med('latency', row.mode, 'scaleout', row.pick) : NaN;
+    return { scenario: row.label, metric: row.metric, directMs: direct, gatewayMs: gw, addedMs: gw - direct, scaleOutMs: so, scaleOutAddedMs: so - direct };
   });
   const throughput = MODES.map((mode) => {
     const direct = med('throughput', mode, 'direct', (r) => r.rps);
     const gw = med('throughput', mode, 'gateway', (r) => r.rps);
+    const so = scaleOut ? med('throughput', mode, 'scaleout', (r) => r.rps) : NaN;
     return {
       scenario: mode === 'json' ? 'JSON' : 'Stream',
       directRps: direct,
       gatewayRps: gw,
       ratio: gw / direct,
+      scaleOutRps: so,
+      scaleOutRatio: so / direct,
+      /** The scale-out mode's throughput as a share of the embedded mode's. */
+      scaleOutVsEmbedded: so / gw,
       directLatencyP50Ms: med('throughput', mode, 'direct', (r) => r.latency.p50),
       gatewayLatencyP50Ms: med('throughput', mode, 'gateway', (r) => r.latency.p50),
       directLatencyP99Ms: med('throughput', mode, 'direct', (r) => r.latency.p99),
@@ -641,6 +776,8 @@ async function main(): Promise<void> {
   const cpu = MODES.map((mode) => ({
     scenario: mode === 'json' ? 'JSON' : 'Stream',
     gatewayUsPerRequest: med('throughput', mode, 'gateway', (r) => r.cpuUsPerRequest.gateway),
+    scaleOutGatewayUsPerRequest: scaleOut ? med('throughput', mode, 'scaleout', (r) => r.cpuUsPerRequest.gateway) : NaN,
+    scaleOutServicesUsPerRequest: scaleOut ? med('throughput', mode, 'scaleout', (r) => r.cpuUsPerRequest.services) : NaN,
     fakeUsPerRequestDirect: med('throughput', mode, 'direct', (r) => r.cpuUsPerRequest.fake),
     fakeUsPerRequestViaGateway: med('throughput', mode, 'gateway', (r) => r.cpuUsPerRequest.fake),
     loadGeneratorUsPerRequestDirect: med('throughput', mode, 'direct', (r) => r.cpuUsPerRequest.loadGenerator),
@@ -659,13 +796,21 @@ async function main(): Promise<void> {
   };
 
   console.log(`\nAdded latency, 1 request in flight (${OPTS.latencyRequests} requests per run, median of ${OPTS.reps} runs)`);
-  console.log(table(['', 'direct', 'gateway', 'added'], latency.map((l) => [`${l.scenario} ${l.metric}`, ms(l.directMs), ms(l.gatewayMs), plusMs(l.addedMs)])));
+  console.log(
+    table(
+      ['', 'direct', 'embedded', 'added', ...(scaleOut ? ['scale-out', 'added'] : [])],
+      latency.map((l) => [
+        `${l.scenario} ${l.metric}`, ms(l.directMs), ms(l.gatewayMs), plusMs(l.addedMs), ...(scaleOut ? [ms(l.scaleOutMs), plusMs(l.scaleOutAddedMs)] : []),
+      ]),
+    ),
+  );
   console.log(`\nThroughput, ${OPTS.concurrency} in flight (${OPTS.throughputSeconds} s per run, median of ${OPTS.reps} runs)`);
   console.log(
     table(
-      ['', 'direct', 'gateway', 'ratio', 'p50 direct', 'p50 gateway', 'p99 direct', 'p99 gateway'],
+      ['', 'direct', 'embedded', 'ratio', ...(scaleOut ? ['scale-out', 'ratio', 'vs embedded'] : []), 'p50 direct', 'p50 embedded', 'p99 direct', 'p99 embedded'],
       throughput.map((t) => [
         t.scenario, rps(t.directRps), rps(t.gatewayRps), `${t.ratio.toFixed(2)}×`,
+        ...(scaleOut ? [rps(t.scaleOutRps), `${t.scaleOutRatio.toFixed(2)}×`, `${(t.scaleOutVsEmbedded * 100).toFixed(0)} %`] : []),
         ms(t.directLatencyP50Ms), ms(t.gatewayLatencyP50Ms), ms(t.directLatencyP99Ms), ms(t.gatewayLatencyP99Ms),
       ]),
     ),
@@ -673,9 +818,10 @@ async function main(): Promise<void> {
   console.log(`\nCPU per request at ${OPTS.concurrency} in flight (from /proc; the gateway's figure is its whole cost)`);
   console.log(
     table(
-      ['', 'gateway', 'fake (direct)', 'fake (via gw)', 'load gen (direct)', 'load gen (via gw)'],
+      ['', 'gateway', ...(scaleOut ? ['scale-out gw', 'pg + redis'] : []), 'fake (direct)', 'fake (via gw)', 'load gen (direct)', 'load gen (via gw)'],
       cpu.map((c) => [
-        c.scenario, us(c.gatewayUsPerRequest), us(c.fakeUsPerRequestDirect), us(c.fakeUsPerRequestViaGateway),
+        c.scenario, us(c.gatewayUsPerRequest), ...(scaleOut ? [us(c.scaleOutGatewayUsPerRequest), us(c.scaleOutServicesUsPerRequest)] : []),
+        us(c.fakeUsPerRequestDirect), us(c.fakeUsPerRequestViaGateway),
         us(c.loadGeneratorUsPerRequestDirect), us(c.loadGeneratorUsPerRequestGateway),
       ]),
     ),
@@ -683,14 +829,16 @@ async function main(): Promise<void> {
 
   const cpuModel = cpus()[0]?.model ?? 'unknown CPU';
   const markdown = [
-    '| Scenario | Direct to upstream | Through claudcode | Gateway cost |',
-    '|---|--:|--:|--:|',
-    ...latency.map((l) => `| ${l.scenario}, ${l.metric} (1 in flight) | ${ms(l.directMs)} | ${ms(l.gatewayMs)} | ${plusMs(l.addedMs)} |`),
-    ...throughput.map((t) => `| ${t.scenario} throughput (${OPTS.concurrency} in flight) | ${rps(t.directRps)} | ${rps(t.gatewayRps)} | ${t.ratio.toFixed(2)}× |`),
+    scaleOut
+      ? '| Scenario | Direct to upstream | Embedded (SQLite) | Cost | Scale-out (PostgreSQL + Redis) | Cost |'
+      : '| Scenario | Direct to upstream | Through claudcode | Gateway cost |',
+    scaleOut ? '|---|--:|--:|--:|--:|--:|' : '|---|--:|--:|--:|',
+    ...latency.map((l) => `| ${l.scenario}, ${l.metric} (1 in flight) | ${ms(l.directMs)} | ${ms(l.gatewayMs)} | ${plusMs(l.addedMs)} |${scaleOut ? ` ${ms(l.scaleOutMs)} | ${plusMs(l.scaleOutAddedMs)} |` : ''}`),
+    ...throughput.map((t) => `| ${t.scenario} throughput (${OPTS.concurrency} in flight) | ${rps(t.directRps)} | ${rps(t.gatewayRps)} | ${t.ratio.toFixed(2)}× |${scaleOut ? ` ${rps(t.scaleOutRps)} | ${t.scaleOutRatio.toFixed(2)}× (${(t.scaleOutVsEmbedded * 100).toFixed(0)} % of embedded) |` : ''}`),
     '',
     `Fake upstream with no added latency; ${events}-event streams (${OPTS.outputTokens} text deltas), ${Buffer.byteLength(BODY.json)}-byte requests; ` +
       `medians of ${OPTS.reps} interleaved runs (${OPTS.latencyRequests} requests each for latency, ${OPTS.throughputSeconds} s each for throughput). ` +
-      `Node ${process.version}, ${cpuModel}, ${availableParallelism()} cores shared by load generator, gateway and upstream` +
+      `Node ${process.version}, ${cpuModel}, ${availableParallelism()} cores shared by load generator, gateway and upstream${scaleOut ? ' (and PostgreSQL and Redis, unpinned)' : ''}` +
       `${pinned ? ' (gateway and upstream pinned to one core each)' : ''}${OPTS.cpuProf ? '; gateway under --cpu-prof (figures inflated)' : ''}.` +
       `${noisyRuns > 0 ? ` Other processes were busy during ${noisyRuns} of the ${[...runs.values()].flat().length} runs (noisy figures).` : ''}` +
       ' With an upstream this fast a whole stream arrives in one or two reads, so first byte ≈ last byte.',

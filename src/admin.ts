@@ -66,9 +66,11 @@ export async function resolveAdminToken(store: Store, configured: string | undef
   const stored = await store.getMeta(ADMIN_TOKEN_META);
   if (stored) return { hash: Buffer.from(stored, 'hex') };
   const generated = `cc-admin-${randomBytes(24).toString('base64url')}`;
-  const hash = sha256(generated);
-  await store.setMeta(ADMIN_TOKEN_META, hash.toString('hex'));
-  return { hash, generated };
+  const hash = sha256(generated).toString('hex');
+  // Insert-if-absent: of instances starting together on one store, one token wins and only the
+  // instance whose token it is prints it.
+  const kept = await store.setMetaIfAbsent(ADMIN_TOKEN_META, hash);
+  return kept === hash ? { hash: Buffer.from(hash, 'hex'), generated } : { hash: Buffer.from(kept, 'hex') };
 }
 
 const RELATIVE_UNIT_MS = { m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
@@ -148,7 +150,7 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
   const update = async (id: string, patch: KeyPatch) => {
     const updated = await store.updateKey(id, patch);
     if (!updated) throw new NotFoundError(`No key with id ${id}.`);
-    await keys.refresh();
+    await keys.changed();
     return describeKey(updated);
   };
 
@@ -157,7 +159,7 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
   admin.post('/keys', async (c) => {
     const patch = validateKeyInput(await readJson(c.req.raw), catalog, false);
     const { record, key } = await createKey(store, deps.config.keyDefaults, { ...patch, name: patch.name! });
-    await keys.refresh();
+    await keys.changed();
     return c.json({ ...describeKey(record), key }, 201);
   });
 
@@ -171,7 +173,7 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
   admin.delete('/keys/:id', async (c) => {
     const id = c.req.param('id');
     if (!(await store.deleteKey(id))) throw new NotFoundError(`No key with id ${id}.`);
-    await keys.refresh();
+    await keys.changed();
     return c.json({ id, deleted: true });
   });
 

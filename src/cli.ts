@@ -5,14 +5,16 @@
  */
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
+import pino from 'pino';
 import { validateKeyInput, parseTime } from './admin.ts';
+import { BackendUnavailableError, openStoreBackends } from './backends.ts';
 import { ModelCatalog } from './catalog.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createGateway } from './gateway.ts';
 import { createKey, describeKey } from './keys.ts';
+import { createLogger } from './logger.ts';
 import { usageReport, type UsageReport } from './reports.ts';
-import { SqliteStore } from './store/sqlite.ts';
-import type { Store, UsageGrouping } from './store/types.ts';
+import type { UsageGrouping } from './store/types.ts';
 
 const USAGE = `claudcode — a self-hosted gateway for Anthropic's Claude models
 
@@ -44,8 +46,14 @@ interface AdminBackend {
 
 class CliError extends Error {}
 
-function localBackend(config: Config): AdminBackend {
-  const store: Store = new SqliteStore(config.dataDir);
+/**
+ * The configured store, directly (SQLite, or PostgreSQL in the scale-out mode, from the same
+ * factory the gateway uses). Key changes are announced to running instances (Redis pub/sub in the
+ * scale-out mode; the embedded gateway polls the file).
+ */
+async function localBackend(config: Config): Promise<AdminBackend> {
+  const backends = await openStoreBackends(config, createLogger('warn', pino.destination(2)));
+  const { store, keyChanges } = backends;
   const catalog = new ModelCatalog(config.models);
   const found = async <T>(value: T | null, id: string): Promise<T> => {
     if (value === null) throw new CliError(`no key with id ${id}`);
@@ -55,17 +63,23 @@ function localBackend(config: Config): AdminBackend {
     async createKey(input) {
       const patch = validateKeyInput(input, catalog, false);
       const { record, key } = await createKey(store, config.keyDefaults, { ...patch, name: patch.name! });
+      await keyChanges.publish();
       return { ...describeKey(record), key };
     },
     listKeys: async () => (await store.listKeys()).map(describeKey),
     getKey: async (id) => describeKey(await found(await store.getKey(id), id)),
-    updateKey: async (id, input) => describeKey(await found(await store.updateKey(id, validateKeyInput(input, catalog, true)), id)),
+    async updateKey(id, input) {
+      const updated = await found(await store.updateKey(id, validateKeyInput(input, catalog, true)), id);
+      await keyChanges.publish();
+      return describeKey(updated);
+    },
     async deleteKey(id) {
       if (!(await store.deleteKey(id))) throw new CliError(`no key with id ${id}`);
+      await keyChanges.publish();
     },
     usage: (q) =>
       usageReport(store, catalog, { by: q.by, keyId: q.key, sinceMs: parseTime(q.since, 'since'), untilMs: parseTime(q.until, 'until') }),
-    close: () => store.close(),
+    close: () => backends.close(),
   };
 }
 
@@ -209,7 +223,7 @@ async function runKeys(config: Config, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args: rest, options: { ...KEY_OPTIONS, ...COMMON_OPTIONS }, allowPositionals: true });
   const backend = values.url
     ? remoteBackend(values.url, values['admin-token'] ?? config.adminToken ?? '')
-    : localBackend(config);
+    : await localBackend(config);
   const id = () => {
     if (!positionals[0]) throw new CliError(`keys ${action} needs a key id (see: claudcode keys list)`);
     return positionals[0];
@@ -264,7 +278,7 @@ async function runUsage(config: Config, args: string[]): Promise<void> {
     options: { key: { type: 'string' }, since: { type: 'string' }, until: { type: 'string' }, by: { type: 'string', default: 'model' }, ...COMMON_OPTIONS },
   });
   if (values.by !== 'model' && values.by !== 'key' && values.by !== 'day') throw new CliError('--by takes model, key or day');
-  const backend = values.url ? remoteBackend(values.url, values['admin-token'] ?? config.adminToken ?? '') : localBackend(config);
+  const backend = values.url ? remoteBackend(values.url, values['admin-token'] ?? config.adminToken ?? '') : await localBackend(config);
   try {
     const report = await backend.usage({ key: values.key, since: values.since, until: values.until, by: values.by });
     if (values.json) console.log(JSON.stringify(report, null, 2));
@@ -297,6 +311,7 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   const known =
     err instanceof CliError ||
     err instanceof ConfigError ||
+    err instanceof BackendUnavailableError ||
     (err as { status?: number }).status === 400 ||
     String((err as { code?: string }).code).startsWith('ERR_PARSE_ARGS_');
   process.stderr.write(`claudcode: ${known ? (err as Error).message : (err as Error).stack ?? String(err)}\n`);

@@ -141,6 +141,29 @@ export const ConfigSchema = z.object({
       maxAddresses: z.number().int().positive().default(10_000),
     })
     .prefault({}),
+  /**
+   * Usage records held in memory while the store cannot be written (PostgreSQL down, SQLite
+   * locked), written when it can be again. Past this, the oldest are dropped (and logged).
+   */
+  maxQueuedUsageRecords: z.coerce.number().int().positive().default(100_000),
+  /** The scale-out mode (DATABASE_URL + REDIS_URL): see backends.ts. */
+  scaleOut: z
+    .object({
+      /**
+       * Redis unreachable: refuse metered requests with 503 "limits unavailable" (false, the
+       * default) or serve them unmetered by rpm, concurrency and budget (true). Usage is still
+       * recorded either way.
+       */
+      limitsFailOpen: BoolFromEnv.default(false),
+      /**
+       * A request's concurrency slot is a lease in Redis with this TTL, refreshed while the
+       * request lives: an instance killed with -9 frees its slots within it.
+       */
+      leaseTtlMs: z.coerce.number().int().min(1000).max(300_000).default(30_000),
+      /** Prefix of every Redis key and channel the gateway uses (several deployments, one Redis). */
+      redisPrefix: z.string().min(1).max(100).default('claudcode:'),
+    })
+    .prefault({}),
   /** On SIGTERM: how long in-flight requests get to finish before they are cut. */
   shutdownGraceMs: z.coerce.number().int().nonnegative().default(30_000),
   /** Maintenance mode: the API answers 503, admin stays reachable. */
@@ -238,6 +261,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
     headersTimeoutMs: env.CLAUDCODE_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: env.CLAUDCODE_REQUEST_TIMEOUT_MS,
     maintenance: env.CLAUDCODE_MAINTENANCE,
+    maxQueuedUsageRecords: env.CLAUDCODE_MAX_QUEUED_USAGE,
   };
   const merged: Record<string, unknown> = { ...fromFile };
   for (const [name, value] of Object.entries(fromEnv)) {
@@ -246,6 +270,14 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
   }
   if (env.CLAUDCODE_STRICT_BUDGET) {
     merged.budget = { ...(fromFile.budget ?? {}), strict: env.CLAUDCODE_STRICT_BUDGET };
+  }
+  const scaleOutFromEnv = {
+    limitsFailOpen: envValue(env.CLAUDCODE_LIMITS_FAIL_OPEN),
+    leaseTtlMs: envValue(env.CLAUDCODE_LEASE_TTL_MS),
+    redisPrefix: envValue(env.CLAUDCODE_REDIS_PREFIX),
+  };
+  for (const [name, value] of Object.entries(scaleOutFromEnv)) {
+    if (value !== undefined) merged.scaleOut = { ...(merged.scaleOut as object | undefined), [name]: value };
   }
   try {
     merged.upstreams = upstreamsFromEnv(env, fromFile.upstreams);

@@ -110,6 +110,17 @@ export class ServiceUnavailableError extends GatewayError {
 }
 
 /**
+ * 503: the shared rate-limit store (Redis, in the scale-out mode) cannot be reached, and the
+ * gateway does not fail open. Typed api_error (a gateway-side fault, not maintenance); the
+ * Retry-After of a second lets SDKs retry it.
+ */
+export class LimitsUnavailableError extends GatewayError {
+  constructor(message = 'Limits unavailable: the gateway cannot reach its rate-limit store. Try again shortly.') {
+    super(503, 'api_error', message, { 'retry-after': '1' });
+  }
+}
+
+/**
  * Client-supplied text cut to a length safe to echo in an error message or keep in a usage
  * record: a refusal must not cost more than the request that caused it.
  */

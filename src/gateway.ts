@@ -8,21 +8,23 @@ import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import { adminRoutes, resolveAdminToken } from './admin.ts';
+import { openBackends, type Backends } from './backends.ts';
 import { ModelCatalog, modelObject } from './catalog.ts';
 import { MAX_WINDOW_SECONDS, type Config } from './config.ts';
 import { GatewayError, InternalError, NotFoundError, ServiceUnavailableError, toErrorBody } from './errors.ts';
 import { clientErrorHandler, httpServerOptions, newRequestId } from './http-server.ts';
 import { KeyRegistry, keyStatus } from './keys.ts';
-import { formatWait, formatWindow, Limits } from './limits.ts';
+import { formatWait, formatWindow } from './limits/format.ts';
+import type { RateLimiter } from './limits/types.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { authenticateRequest, handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
-import { SqliteStore } from './store/sqlite.ts';
 import type { KeyRecord, Store } from './store/types.ts';
 import { UpstreamClient } from './upstream.ts';
 import { UsageRecorder } from './usage.ts';
 
 export interface GatewayOptions {
-  store?: Store;
+  /** The store, limiter and key-change signal; by default built from config (backends.ts). */
+  backends?: Backends;
   logger?: Logger;
 }
 
@@ -52,33 +54,63 @@ function leavesLargeUpload(incoming: IncomingMessage): boolean {
   return !(declared <= DISCARD_UNREAD_BODY_BYTES);
 }
 
+/** `promise`, or a rejection after `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /**
  * A key whose window grew needs usage its ledger dropped while the window was smaller (or never
  * loaded): read it back from the store before the new window takes effect.
  */
-async function restoreGrownWindows(store: Store, limits: Limits, next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>): Promise<void> {
+async function restoreGrownWindows(store: Store, limits: RateLimiter, next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>): Promise<void> {
   const now = Date.now();
   for (const key of next) {
     const before = previous.get(key.id);
     if (!before || key.windowSeconds <= before.windowSeconds) continue;
-    const range = limits.missingRange(key.id, key.windowSeconds, now);
-    if (range) limits.backfill(key.id, range, await store.budgetBuckets(range.sinceMs, { keyId: key.id, untilMs: range.untilMs }));
+    await limits.restoreWindow(key, now, (range) => readBuckets(store, range));
   }
+}
+
+function readBuckets(store: Store, range: { sinceMs: number; untilMs?: number; keyId?: string }) {
+  const { sinceMs, ...options } = range;
+  return store.budgetBuckets(sinceMs, options);
 }
 
 export async function createGateway(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
   const logger = options.logger ?? createLogger(config.logLevel);
-  const store = options.store ?? new SqliteStore(config.dataDir);
+  const backends = options.backends ?? (await openBackends(config, logger));
+  const { store, limiter: limits, keyChanges } = backends;
   const catalog = new ModelCatalog(config.models);
-  const limits = new Limits();
   // Windows are capped at MAX_WINDOW_SECONDS; a key stored before the cap cannot make the
   // start-up load read further back than that.
   const longestWindow = Math.min(MAX_WINDOW_SECONDS, Math.max(config.keyDefaults.windowSeconds, ...(await store.listKeys()).map((k) => k.windowSeconds)));
   const loadFrom = Date.now() - longestWindow * 1000 - 60_000;
-  limits.load(await store.budgetBuckets(loadFrom), loadFrom);
-  const keys = new KeyRegistry(store, (next, previous) => restoreGrownWindows(store, limits, next, previous));
-  await keys.start(config.keyRefreshMs, (err) => logger.error({ err }, 'key refresh failed'));
-  const usage = new UsageRecorder(store, config.usageFlushMs, (err) => logger.error({ err }, 'usage write failed; will retry'));
+  await limits.load((range) => readBuckets(store, range), loadFrom);
+  const keys = new KeyRegistry(store, (next, previous) => restoreGrownWindows(store, limits, next, previous), keyChanges);
+  const keyRefreshFailed = (err: unknown) => logger.error({ err }, 'key refresh failed');
+  await keys.start(config.keyRefreshMs, keyRefreshFailed);
+  // Another instance or the CLI changed keys: reload now rather than at the next poll.
+  await keyChanges.subscribe(() => void keys.refresh().catch(keyRefreshFailed));
+  // While the store is down every flush fails (5 a second): one log line per 5 s says so.
+  let writeFailures = 0;
+  let writeFailureLoggedAt = 0;
+  const usage = new UsageRecorder(store, {
+    flushMs: config.usageFlushMs,
+    onError: (err) => {
+      writeFailures++;
+      if (Date.now() - writeFailureLoggedAt < 5000) return;
+      logger.error({ err, failures: writeFailures, queued: usage.pending }, 'usage write failed; the records stay queued and are retried');
+      writeFailureLoggedAt = Date.now();
+      writeFailures = 0;
+    },
+    maxQueued: config.maxQueuedUsageRecords,
+    onDrop: (dropped, queued) => logger.error({ dropped, queued }, 'usage queue full while the store cannot be written: oldest records dropped'),
+  });
   const upstream = new UpstreamClient(config.upstreams, config.upstreamTimeoutMs);
   const admin = await resolveAdminToken(store, config.adminToken);
   const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage };
@@ -133,6 +165,31 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   app.get('/health', health);
   app.get('/healthz', health);
 
+  // Readiness: can this instance serve? The store and the limiter must answer (each within a
+  // second); no auth, so it names no hosts or credentials.
+  app.get('/health/ready', async (c) => {
+    const probe = async (check: () => Promise<void>) => {
+      try {
+        await withTimeout(check(), 1000);
+        return { ok: true };
+      } catch (err) {
+        return { ok: false, error: (err as Error).message.slice(0, 200) };
+      }
+    };
+    const [storeState, limitsState] = await Promise.all([probe(() => store.ping()), probe(() => limits.ping())]);
+    const ready = storeState.ok && limitsState.ok && !config.maintenance;
+    return c.json(
+      {
+        status: ready ? 'ready' : config.maintenance ? 'maintenance' : 'not_ready',
+        mode: backends.mode,
+        store: storeState,
+        limits: limitsState,
+        upstreams: config.upstreams.length,
+      },
+      ready ? 200 : 503,
+    );
+  });
+
   const api = new Hono<GatewayEnv>();
   api.use('*', async (_c, next) => {
     if (config.maintenance) throw new ServiceUnavailableError('The gateway is in maintenance mode. Try again later.');
@@ -168,10 +225,10 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     return c.json(modelObject(model));
   });
 
-  api.get('/key-status', (c) => {
+  api.get('/key-status', async (c) => {
     const now = Date.now();
     const key = authenticateRequest(c, keys, now);
-    const budget = limits.budget(key, now);
+    const budget = await limits.budget(key, now);
     return c.json({
       key: key.preview,
       status: keyStatus(key, now),
@@ -232,7 +289,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
         keys.stop();
         await usage.close();
         await upstream.close();
-        await store.close();
+        await backends.close();
       })();
       return closing;
     },

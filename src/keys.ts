@@ -9,6 +9,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import type { Config } from './config.ts';
 import { AuthenticationError } from './errors.ts';
+import { NO_KEY_CHANGE_SIGNAL, type KeyChangeSignal } from './key-changes.ts';
 import type { KeyRecord, Store } from './store/types.ts';
 
 export const KEY_PREFIX = 'sk-cc-';
@@ -121,14 +122,27 @@ export class KeyRegistry {
   private refreshing: Promise<void> | undefined;
   private readonly store: Store;
   private readonly beforeReload: ((next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>) => Promise<void>) | undefined;
+  private readonly signal: KeyChangeSignal;
 
   /**
    * `beforeReload` runs with the new key records before they take effect (e.g. to rebuild the
    * budget of a key whose window grew), so no request sees a key its limits are not ready for.
+   * `signal` tells the other instances when this one changed keys (`changed`).
    */
-  constructor(store: Store, beforeReload?: (next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>) => Promise<void>) {
+  constructor(
+    store: Store,
+    beforeReload?: (next: KeyRecord[], previous: ReadonlyMap<string, KeyRecord>) => Promise<void>,
+    signal: KeyChangeSignal = NO_KEY_CHANGE_SIGNAL,
+  ) {
     this.store = store;
     this.beforeReload = beforeReload;
+    this.signal = signal;
+  }
+
+  /** After this instance changed keys in the store: reload them here and tell the others. */
+  async changed(): Promise<void> {
+    await this.refresh();
+    await this.signal.publish();
   }
 
   async start(refreshMs: number, onError: (err: unknown) => void): Promise<void> {

@@ -19,7 +19,7 @@ import type { ModelCatalog } from './catalog.ts';
 import type { Config } from './config.ts';
 import { clip, UpstreamError } from './errors.ts';
 import type { KeyRegistry } from './keys.ts';
-import type { Admission, Limits } from './limits.ts';
+import type { Admission, RateLimiter } from './limits/types.ts';
 import type { Logger } from './logger.ts';
 import { readScannedRequest, withModel } from './request-body.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
@@ -30,7 +30,7 @@ export interface GatewayServices {
   config: Config;
   logger: Logger;
   keys: KeyRegistry;
-  limits: Limits;
+  limits: RateLimiter;
   catalog: ModelCatalog;
   upstream: UpstreamClient;
   usage: UsageRecorder;
@@ -94,8 +94,8 @@ class RequestMeter {
     this.admission = admission;
   }
 
-  reserve(tokens: number): void {
-    this.admission?.reserve(tokens, Date.now());
+  async reserve(tokens: number): Promise<void> {
+    await this.admission?.reserve(tokens, Date.now());
   }
 
   get rateLimitHeaders(): Record<string, string> {
@@ -162,7 +162,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
   const signal = c.req.raw.signal;
   try {
     checkRequestHeaders(incoming);
-    meter.admitted(s.limits.admit(key, c.get('startedAt'), { checkBudget: endpoint.budgeted }));
+    meter.admitted(await s.limits.admit(key, c.get('startedAt'), { checkBudget: endpoint.budgeted }));
     const request = await readScannedRequest(incoming, { limitBytes: s.config.maxBodyBytes, requireMaxTokens: endpoint.budgeted });
     meter.streamed = request.stream;
     meter.model = clip(request.model);
@@ -170,7 +170,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
     meter.model = model.id;
     const maxTokens = request.maxTokens ?? 0;
     if (endpoint.budgeted && s.config.budget.strict) {
-      meter.reserve(strictReservation(maxTokens, request.body.byteLength, s.config.budget.weights));
+      await meter.reserve(strictReservation(maxTokens, request.body.byteLength, s.config.budget.weights));
     }
 
     // The client's bytes go upstream as they came, unless the catalog maps the model id.

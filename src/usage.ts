@@ -5,7 +5,7 @@
  * nothing. A failed write keeps the batch queued for the next flush.
  */
 import type { Config } from './config.ts';
-import type { Store, UsageRecord } from './store/types.ts';
+import type { UsageRecord, UsageStore } from './store/types.ts';
 
 export interface TokenUsage {
   input_tokens: number;
@@ -171,25 +171,42 @@ function hasOutputCount(usage: unknown): boolean {
  * their minute is over: a client hammering a limit adds a handful of rows a minute, not one per
  * refusal. (An explicit `flush()` or `close()` writes the open minute's too.)
  */
+export interface UsageRecorderOptions {
+  /** How often queued records are written. */
+  flushMs: number;
+  /** A failed write (the batch stays queued and is retried). */
+  onError: (err: unknown) => void;
+  /**
+   * Records held while the store cannot be written (PostgreSQL down, SQLite locked). Past this,
+   * the oldest are dropped and `onDrop` says how many: the only way usage is lost short of a crash.
+   */
+  maxQueued?: number;
+  onDrop?: (dropped: number, queued: number) => void;
+}
+
+/** Records per store write: one batch stays one statement of bounded size after an outage. */
+const MAX_BATCH = 5000;
+
 export class UsageRecorder {
   private queue: UsageRecord[] = [];
   /** Refusals of the current flush interval, by key|endpoint|model|status|minute. */
   private refusals = new Map<string, UsageRecord>();
-  private readonly store: Store;
-  private readonly onError: (err: unknown) => void;
+  private readonly store: UsageStore;
+  private readonly options: UsageRecorderOptions;
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
 
-  constructor(store: Store, flushMs: number, onError: (err: unknown) => void) {
+  constructor(store: UsageStore, options: UsageRecorderOptions) {
     this.store = store;
-    this.onError = onError;
-    this.timer = setInterval(() => void this.flush(false), flushMs);
+    this.options = options;
+    this.timer = setInterval(() => void this.flush(false), options.flushMs);
     this.timer.unref();
   }
 
   record(record: UsageRecord): void {
     if (record.outcome !== 'rejected') {
       this.queue.push(record);
+      this.bound();
       return;
     }
     const group = `${record.keyId}|${record.endpoint}|${record.model}|${record.status}|${Math.floor(record.ts / 60_000)}`;
@@ -212,6 +229,15 @@ export class UsageRecorder {
     return this.queue.length + this.refusals.size;
   }
 
+  /** Drops the oldest records past `maxQueued` (reported through `onDrop`). */
+  private bound(): void {
+    const max = this.options.maxQueued ?? Infinity;
+    if (this.queue.length <= max) return;
+    const excess = this.queue.length - max;
+    this.queue.splice(0, excess);
+    this.options.onDrop?.(excess, this.queue.length);
+  }
+
   /**
    * Writes everything queued so far (with `openRefusals` false, as the timer does, refusals of
    * the current minute stay open for more). Concurrent calls share one write.
@@ -227,13 +253,18 @@ export class UsageRecorder {
       }
     }
     if (this.queue.length === 0) return Promise.resolve();
-    const batch = this.queue;
-    this.queue = [];
+    const batch = this.queue.length <= MAX_BATCH ? this.queue : this.queue.slice(0, MAX_BATCH);
+    this.queue = this.queue.length <= MAX_BATCH ? [] : this.queue.slice(MAX_BATCH);
     this.flushing = this.store
       .insertUsage(batch)
+      .then(() => {
+        // More than one batch was queued (after an outage): keep writing without waiting a tick.
+        if (this.queue.length >= MAX_BATCH) setImmediate(() => void this.flush(false));
+      })
       .catch((err: unknown) => {
         this.queue = batch.concat(this.queue);
-        this.onError(err);
+        this.bound();
+        this.options.onError(err);
       })
       .finally(() => {
         this.flushing = undefined;
@@ -244,8 +275,11 @@ export class UsageRecorder {
   /** Stops the timer and writes what is left (retrying a failed write a few times). */
   async close(): Promise<void> {
     clearInterval(this.timer);
-    for (let attempt = 0; attempt < 5 && (this.pending > 0 || this.flushing); attempt++) {
+    let failures = 0;
+    while ((this.pending > 0 || this.flushing) && failures < 5) {
+      const before = this.pending;
       await this.flush();
+      if (this.pending >= before) failures++;
     }
   }
 }

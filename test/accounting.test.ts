@@ -56,7 +56,7 @@ describe('budget accounting', () => {
     expect(row.billedTokens).toBe(row.inputTokens + row.outputTokens + row.cacheCreationTokens + row.cacheReadTokens);
     // The in-memory budget agrees with the durable record.
     const record = (await stack.gateway.store.getKey(id))!;
-    expect(stack.gateway.services.limits.budget(record, Date.now()).used).toBe(row.billedTokens);
+    expect((await stack.gateway.services.limits.budget(record, Date.now())).used).toBe(row.billedTokens);
     // And the successful streams' own usage (what the SDK saw) is part of it, to the token.
     const seen = outcomes.flatMap((o) => (o.status === 'fulfilled' ? [o.value.usage.output_tokens] : []));
     expect(seen.length).toBe(N - failed);
@@ -92,7 +92,7 @@ describe('budget accounting', () => {
       { headers: { 'x-fake-output-tokens': '10' } },
     );
     const record = (await stack.gateway.store.getKey(id))!;
-    expect(stack.gateway.services.limits.budget(record, Date.now()).used).toBe(message.usage.input_tokens + 5 * 10);
+    expect((await stack.gateway.services.limits.budget(record, Date.now())).used).toBe(message.usage.input_tokens + 5 * 10);
   });
 
   it('rebuilds budgets from recorded usage after a restart', async () => {

@@ -4,7 +4,7 @@
  * after a restart.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Limits } from '../src/limits.ts';
+import { Limits } from '../src/limits/memory.ts';
 import type { KeyRecord } from '../src/store/types.ts';
 import { ADMIN_TOKEN, MESSAGE, startStack, type Stack } from './helpers.ts';
 

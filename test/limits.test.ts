@@ -6,7 +6,8 @@
 import { thrownBy } from './helpers.ts';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { InvalidRequestError, RateLimitError } from '../src/errors.ts';
-import { formatWait, formatWindow, Limits } from '../src/limits.ts';
+import { formatWait, formatWindow } from '../src/limits/format.ts';
+import { Limits } from '../src/limits/memory.ts';
 import type { KeyRecord } from '../src/store/types.ts';
 
 const MINUTE = 60_000;

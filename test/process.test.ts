@@ -2,9 +2,7 @@
  * The gateway as an operator runs it: `claudcode start` in its own process. SIGTERM lets
  * in-flight streams finish and loses no usage; the first start prints an admin token once.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
@@ -13,53 +11,8 @@ import { parseConfig } from '../src/config.ts';
 import { startFakeUpstream, type FakeUpstream } from '../src/fake-upstream/server.ts';
 import { createKey } from '../src/keys.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
+import { startGatewayProcess as startGateway } from './gateway-process.ts';
 import { keyTotals } from './helpers.ts';
-
-const NODE = join(process.cwd(), 'node_modules/.bin/node');
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-interface Gateway {
-  child: ChildProcess;
-  url: string;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-async function startGateway(env: Record<string, string>): Promise<Gateway> {
-  const port = await freePort();
-  let out = '';
-  let err = '';
-  const child = spawn(NODE, ['src/cli.ts', 'start'], {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: String(port), HOST: '127.0.0.1', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 200; i++) {
-    if (child.exitCode !== null) throw new Error(`gateway exited: ${err}`);
-    try {
-      if ((await fetch(`${url}/health`)).ok) return { child, url, stdout: () => out, stderr: () => err, exited };
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  child.kill('SIGKILL');
-  throw new Error(`gateway did not start: ${err}`);
-}
 
 let fake: FakeUpstream;
 let dataDir: string;

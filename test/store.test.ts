@@ -1,30 +1,65 @@
 /**
- * The embedded SQLite store: keys, the keys generation, usage rows and reports, persistence.
- * Reports against the raw rows, migrations, the worker thread and file modes have their own
- * files (store-rollup.test.ts, store-worker.test.ts).
+ * The Store contract, one suite run over every implementation: the embedded SQLite store (a temp
+ * directory) and the PostgreSQL store (a fresh database on the machine's server, dropped after;
+ * skipped, and said so, when the server is not reachable). Keys, the keys generation, meta,
+ * usage rows, reports and budget buckets, persistence across reopening, a second store on the
+ * same data.
+ *
+ * What only one implementation has is tested beside it: SQLite's locking here, its rollups and
+ * migrations in store-rollup.test.ts, its worker thread in store-worker.test.ts; PostgreSQL's
+ * migrations, report exactness, retries and outages in store-postgres.test.ts.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../src/logger.ts';
+import { PostgresStore } from '../src/store/postgres.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { KeyRecord, UsageRecord } from '../src/store/types.ts';
+import type { KeyRecord, Store, UsageRecord } from '../src/store/types.ts';
+import { tempDirs } from './fixtures.ts';
+import { createTestDatabase, services } from './services.ts';
 
 const DAY = 86_400_000;
 const T = Date.UTC(2026, 2, 10, 12, 0, 0); // 2026-03-10 12:00 UTC
 
-let dir: string;
-let store: SqliteStore;
-
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), 'claudcode-store-'));
-  store = new SqliteStore(dir);
-});
+const tempDir = tempDirs('store');
+const databases: { drop(): Promise<void> }[] = [];
 afterAll(async () => {
-  await store.close();
-  rmSync(dir, { recursive: true, force: true });
+  await Promise.all(databases.map((db) => db.drop()));
 });
+
+interface Implementation {
+  name: string;
+  available: boolean;
+  /** What `description` says of a store opened on a fresh place. */
+  describes: RegExp;
+  /** A fresh, empty place for a store; the function opens a store on it (as often as called). */
+  fresh(): Promise<() => Promise<Store>>;
+}
+
+const IMPLEMENTATIONS: Implementation[] = [
+  {
+    name: 'SqliteStore',
+    available: true,
+    describes: /^SQLite \/.*claudcode\.db$/,
+    async fresh() {
+      const dir = join(tempDir(), 'nested', 'dir'); // created by the store
+      return () => SqliteStore.open(dir);
+    },
+  },
+  {
+    name: 'PostgresStore',
+    available: services.postgres,
+    describes: /^PostgreSQL [^@\s]+:\d+\/claudcode_test_store_\w+$/, // host:port/database, no user or password
+    async fresh() {
+      const db = await createTestDatabase('store');
+      databases.push(db);
+      return () => PostgresStore.open(db.url, { logger: createLogger('silent'), connectRetryMs: 2000 });
+    },
+  },
+];
 
 let n = 0;
 function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
@@ -56,225 +91,320 @@ function usage(over: Partial<UsageRecord> = {}): UsageRecord {
   };
 }
 
-describe('SqliteStore keys', () => {
-  it('round-trips a key record exactly', async () => {
-    const key = keyRecord();
-    await store.createKey(key);
-    expect(await store.getKey(key.id)).toEqual(key);
-    const open = keyRecord({ models: null, expiresAt: null, disabled: true });
-    await store.createKey(open);
-    expect(await store.getKey(open.id)).toEqual(open);
-    expect(await store.getKey('key_nope')).toBeNull();
-  });
+describe.each(IMPLEMENTATIONS)('$name', (impl) => {
+  describe.skipIf(!impl.available)('the Store contract', () => {
+    let open: () => Promise<Store>;
+    let store: Store;
 
-  it('lists keys in creation order', async () => {
-    const later = keyRecord({ createdAt: T + 10_000 });
-    const earlier = keyRecord({ createdAt: T - 10_000 });
-    await store.createKey(later);
-    await store.createKey(earlier);
-    const ids = (await store.listKeys()).map((k) => k.id);
-    expect(ids.indexOf(earlier.id)).toBeLessThan(ids.indexOf(later.id));
-    expect(ids).toContain(later.id);
-    expect(ids.at(-1)).toBe(later.id);
-  });
+    beforeAll(async () => {
+      open = await impl.fresh();
+      store = await open();
+    });
+    afterAll(async () => {
+      await store?.close();
+    });
 
-  it('updates only the patched fields and stamps updatedAt', async () => {
-    const key = keyRecord();
-    await store.createKey(key);
-    const before = Date.now();
-    const updated = await store.updateKey(key.id, { rpm: 7, models: ['claude-opus-4-6'], disabled: true, expiresAt: null, name: undefined });
-    expect(updated).toEqual({ ...key, rpm: 7, models: ['claude-opus-4-6'], disabled: true, expiresAt: null, updatedAt: updated!.updatedAt });
-    expect(updated!.updatedAt).toBeGreaterThanOrEqual(before);
-    expect(await store.getKey(key.id)).toEqual(updated);
+    describe('keys', () => {
+      it('round-trips a key record exactly', async () => {
+        const key = keyRecord();
+        await store.createKey(key);
+        expect(await store.getKey(key.id)).toEqual(key);
+        const open = keyRecord({ models: null, expiresAt: null, disabled: true });
+        await store.createKey(open);
+        expect(await store.getKey(open.id)).toEqual(open);
+        const none = keyRecord({ models: [], budgetTokens: 9_000_000_000_000, windowSeconds: 30 * 86_400 });
+        await store.createKey(none);
+        expect(await store.getKey(none.id)).toEqual(none);
+        expect(await store.getKey('key_nope')).toBeNull();
+      });
 
-    const again = await store.updateKey(key.id, { models: null, disabled: false, budgetTokens: 5, windowSeconds: 60, concurrent: 1, name: 'renamed' });
-    expect(again).toMatchObject({ models: null, disabled: false, budgetTokens: 5, windowSeconds: 60, concurrent: 1, name: 'renamed', rpm: 7 });
-    expect(await store.updateKey('key_nope', { rpm: 1 })).toBeNull();
-  });
+      it('lists keys in creation order', async () => {
+        const later = keyRecord({ createdAt: T + 10_000 });
+        const earlier = keyRecord({ createdAt: T - 10_000 });
+        await store.createKey(later);
+        await store.createKey(earlier);
+        const ids = (await store.listKeys()).map((k) => k.id);
+        expect(ids.indexOf(earlier.id)).toBeLessThan(ids.indexOf(later.id));
+        expect(ids).toContain(later.id);
+        expect(ids.at(-1)).toBe(later.id);
+      });
 
-  it('deletes keys', async () => {
-    const key = keyRecord();
-    await store.createKey(key);
-    expect(await store.deleteKey(key.id)).toBe(true);
-    expect(await store.getKey(key.id)).toBeNull();
-    expect(await store.deleteKey(key.id)).toBe(false);
-    expect((await store.listKeys()).map((k) => k.id)).not.toContain(key.id);
-  });
+      it('updates only the patched fields and stamps updatedAt', async () => {
+        const key = keyRecord();
+        await store.createKey(key);
+        const before = Date.now();
+        const updated = await store.updateKey(key.id, { rpm: 7, models: ['claude-opus-4-6'], disabled: true, expiresAt: null, name: undefined });
+        expect(updated).toEqual({ ...key, rpm: 7, models: ['claude-opus-4-6'], disabled: true, expiresAt: null, updatedAt: updated!.updatedAt });
+        expect(updated!.updatedAt).toBeGreaterThanOrEqual(before);
+        expect(await store.getKey(key.id)).toEqual(updated);
 
-  it('refuses a second key with the same hash', async () => {
-    const key = keyRecord();
-    await store.createKey(key);
-    await expect(store.createKey(keyRecord({ hash: key.hash }))).rejects.toThrow(/UNIQUE/);
-  });
+        const again = await store.updateKey(key.id, { models: null, disabled: false, budgetTokens: 5, windowSeconds: 60, concurrent: 1, name: 'renamed' });
+        expect(again).toMatchObject({ models: null, disabled: false, budgetTokens: 5, windowSeconds: 60, concurrent: 1, name: 'renamed', rpm: 7 });
+        expect(await store.updateKey('key_nope', { rpm: 1 })).toBeNull();
+      });
 
-  it('changes keysGeneration on every write, and only on writes', async () => {
-    const seen: number[] = [await store.keysGeneration()];
-    const changed = async () => {
-      const g = await store.keysGeneration();
-      expect(seen).not.toContain(g);
-      seen.push(g);
-    };
-    const unchanged = async () => expect(await store.keysGeneration()).toBe(seen.at(-1));
+      it('deletes keys', async () => {
+        const key = keyRecord();
+        await store.createKey(key);
+        expect(await store.deleteKey(key.id)).toBe(true);
+        expect(await store.getKey(key.id)).toBeNull();
+        expect(await store.deleteKey(key.id)).toBe(false);
+        expect((await store.listKeys()).map((k) => k.id)).not.toContain(key.id);
+      });
 
-    const key = keyRecord();
-    await store.createKey(key);
-    await changed();
-    await store.updateKey(key.id, { rpm: 99 });
-    await changed();
-    await store.updateKey(key.id, { disabled: true });
-    await changed();
-    await store.updateKey(key.id, {});
-    await changed();
-    await store.deleteKey(key.id);
-    await changed();
+      it('refuses a second key with the same hash', async () => {
+        const key = keyRecord();
+        await store.createKey(key);
+        await expect(store.createKey(keyRecord({ hash: key.hash }))).rejects.toThrow(/unique/i);
+      });
 
-    // Reads and failed writes leave it alone.
-    await store.listKeys();
-    await store.getKey(key.id);
-    await unchanged();
-    await store.updateKey('key_nope', { rpm: 1 });
-    await unchanged();
-    await store.deleteKey('key_nope');
-    await unchanged();
-    const dup = keyRecord();
-    await store.createKey(dup);
-    await changed();
-    await expect(store.createKey({ ...keyRecord(), hash: dup.hash })).rejects.toThrow();
-    await unchanged();
-  });
+      it('changes keysGeneration on every write, and only on writes', async () => {
+        const seen: number[] = [await store.keysGeneration()];
+        const changed = async () => {
+          const g = await store.keysGeneration();
+          expect(seen).not.toContain(g);
+          seen.push(g);
+        };
+        const unchanged = async () => expect(await store.keysGeneration()).toBe(seen.at(-1));
 
-  it('keeps meta values', async () => {
-    expect(await store.getMeta('nothing')).toBeNull();
-    await store.setMeta('thing', 'one');
-    await store.setMeta('thing', 'two');
-    expect(await store.getMeta('thing')).toBe('two');
+        const key = keyRecord();
+        await store.createKey(key);
+        await changed();
+        await store.updateKey(key.id, { rpm: 99 });
+        await changed();
+        await store.updateKey(key.id, { disabled: true });
+        await changed();
+        await store.updateKey(key.id, {});
+        await changed();
+        await store.deleteKey(key.id);
+        await changed();
+
+        // Reads and failed writes leave it alone.
+        await store.listKeys();
+        await store.getKey(key.id);
+        await unchanged();
+        await store.updateKey('key_nope', { rpm: 1 });
+        await unchanged();
+        await store.deleteKey('key_nope');
+        await unchanged();
+        const dup = keyRecord();
+        await store.createKey(dup);
+        await changed();
+        await expect(store.createKey({ ...keyRecord(), hash: dup.hash })).rejects.toThrow();
+        await unchanged();
+      });
+    });
+
+    describe('meta and health', () => {
+      it('keeps meta values', async () => {
+        expect(await store.getMeta('nothing')).toBeNull();
+        await store.setMeta('thing', 'one');
+        await store.setMeta('thing', 'two');
+        expect(await store.getMeta('thing')).toBe('two');
+      });
+
+      it('sets a meta value only if absent, and answers the value held', async () => {
+        expect(await store.setMetaIfAbsent('first', 'a')).toBe('a');
+        expect(await store.setMetaIfAbsent('first', 'b')).toBe('a');
+        expect(await store.getMeta('first')).toBe('a');
+        await store.setMeta('first', 'c');
+        expect(await store.setMetaIfAbsent('first', 'd')).toBe('c');
+      });
+
+      it('answers ping and describes where the data lives, without credentials', async () => {
+        await store.ping();
+        expect(store.description).toMatch(impl.describes);
+      });
+    });
+
+    describe('usage', () => {
+      beforeAll(async () => {
+        await store.insertUsage([
+          usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T }),
+          usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T + 30_000, status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 }),
+          usage({ keyId: 'key_u1', model: 'claude-sonnet-4-6', ts: T + 61_000, cached: true, billedTokens: 0 }),
+          usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T + DAY, outcome: 'upstream_cut', inputTokens: 100, outputTokens: 1, billedTokens: 104, latencyMs: 50 }),
+          usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T - DAY, endpoint: 'count_tokens', billedTokens: 0, latencyMs: 10 }),
+        ]);
+        await store.insertUsage([]);
+      });
+
+      it('groups by model', async () => {
+        const rows = await store.usageReport({ by: 'model' });
+        expect(rows).toEqual([
+          {
+            group: 'claude-haiku-4-5', model: 'claude-haiku-4-5', requests: 4, errors: 2, cachedRequests: 0,
+            inputTokens: 120, outputTokens: 41, cacheCreationTokens: 3, cacheReadTokens: 6, billedTokens: 137, totalLatencyMs: 260,
+          },
+          {
+            group: 'claude-sonnet-4-6', model: 'claude-sonnet-4-6', requests: 1, errors: 0, cachedRequests: 1,
+            inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 0, totalLatencyMs: 100,
+          },
+        ]);
+      });
+
+      it('groups by key (split by model) and filters by key', async () => {
+        const rows = await store.usageReport({ by: 'key' });
+        expect(rows.map((r) => [r.group, r.model, r.requests, r.billedTokens])).toEqual([
+          ['key_u1', 'claude-haiku-4-5', 2, 33],
+          ['key_u1', 'claude-sonnet-4-6', 1, 0],
+          ['key_u2', 'claude-haiku-4-5', 2, 104],
+        ]);
+        const only = await store.usageReport({ by: 'key', keyId: 'key_u2' });
+        expect(only.map((r) => [r.group, r.requests, r.inputTokens])).toEqual([['key_u2', 2, 110]]);
+        expect(await store.usageReport({ by: 'key', keyId: 'key_none' })).toEqual([]);
+      });
+
+      it('groups by UTC day', async () => {
+        const rows = await store.usageReport({ by: 'day' });
+        expect(rows.map((r) => [r.group, r.model, r.requests])).toEqual([
+          ['2026-03-09', 'claude-haiku-4-5', 1],
+          ['2026-03-10', 'claude-haiku-4-5', 2],
+          ['2026-03-10', 'claude-sonnet-4-6', 1],
+          ['2026-03-11', 'claude-haiku-4-5', 1],
+        ]);
+      });
+
+      it('filters by since (inclusive) and until (exclusive)', async () => {
+        const count = async (q: { sinceMs?: number; untilMs?: number; keyId?: string }) =>
+          (await store.usageReport({ by: 'key', ...q })).reduce((sum, r) => sum + r.requests, 0);
+        expect(await count({})).toBe(5);
+        expect(await count({ sinceMs: T })).toBe(4);
+        expect(await count({ sinceMs: T + 1 })).toBe(3);
+        expect(await count({ untilMs: T })).toBe(1);
+        expect(await count({ untilMs: T + 1 })).toBe(2);
+        expect(await count({ sinceMs: T, untilMs: T + DAY })).toBe(3);
+        expect(await count({ sinceMs: T, untilMs: T + DAY, keyId: 'key_u2' })).toBe(0);
+        expect(await count({ sinceMs: T + DAY, untilMs: T })).toBe(0);
+      });
+
+      it('gives per-minute budget buckets of billed tokens', async () => {
+        const buckets = await store.budgetBuckets(T - 1);
+        const sorted = [...buckets].sort((a, b) => a.keyId.localeCompare(b.keyId) || a.minute - b.minute);
+        // Zero-billed rows (429, cache hit, count_tokens) and rows before `since` leave no bucket.
+        expect(sorted).toEqual([
+          { keyId: 'key_u1', minute: Math.floor(T / 60_000), tokens: 33 },
+          { keyId: 'key_u2', minute: Math.floor((T + DAY) / 60_000), tokens: 104 },
+        ]);
+        await store.insertUsage([usage({ keyId: 'key_b', ts: T + 1_000, billedTokens: 5 }), usage({ keyId: 'key_b', ts: T + 59_999, billedTokens: 6 }), usage({ keyId: 'key_b', ts: T + 60_000, billedTokens: 7 })]);
+        const b = (await store.budgetBuckets(T)).filter((x) => x.keyId === 'key_b').sort((x, y) => x.minute - y.minute);
+        expect(b).toEqual([
+          { keyId: 'key_b', minute: T / 60_000, tokens: 11 },
+          { keyId: 'key_b', minute: T / 60_000 + 1, tokens: 7 },
+        ]);
+        expect(await store.budgetBuckets(T + 2 * DAY)).toEqual([]);
+      });
+
+      it('narrows budget buckets to one key and to [since, until)', async () => {
+        await store.insertUsage([
+          usage({ keyId: 'key_x', ts: T, billedTokens: 1 }),
+          usage({ keyId: 'key_x', ts: T + 60_000, billedTokens: 2 }),
+          usage({ keyId: 'key_x', ts: T + 120_000, billedTokens: 4 }),
+          usage({ keyId: 'key_y', ts: T + 60_000, billedTokens: 8 }),
+        ]);
+        const minute = T / 60_000;
+        const sorted = (buckets: { keyId: string; minute: number }[]) =>
+          buckets.filter((b) => b.keyId === 'key_x' || b.keyId === 'key_y').sort((a, b) => a.keyId.localeCompare(b.keyId) || a.minute - b.minute);
+        expect(sorted(await store.budgetBuckets(T))).toHaveLength(4);
+        expect(await store.budgetBuckets(T, { keyId: 'key_x' }).then(sorted)).toEqual([
+          { keyId: 'key_x', minute, tokens: 1 },
+          { keyId: 'key_x', minute: minute + 1, tokens: 2 },
+          { keyId: 'key_x', minute: minute + 2, tokens: 4 },
+        ]);
+        expect(sorted(await store.budgetBuckets(T + 1, { untilMs: T + 120_000 }))).toEqual([
+          { keyId: 'key_x', minute: minute + 1, tokens: 2 },
+          { keyId: 'key_y', minute: minute + 1, tokens: 8 },
+        ]);
+        expect(await store.budgetBuckets(T, { keyId: 'key_y', untilMs: T + 60_000 })).toEqual([]);
+        expect(await store.budgetBuckets(T, { keyId: 'key_none' })).toEqual([]);
+      });
+
+      it('counts coalesced records as the requests they stand for, over whole hours and partial ones', async () => {
+        await store.insertUsage([
+          usage({ keyId: 'key_c', ts: T + 5_000 }),
+          // Five refusals in one minute, coalesced: latency is their sum, tokens zero.
+          usage({ keyId: 'key_c', ts: T + 10_000, status: 429, outcome: 'rejected', requests: 5, latencyMs: 15, inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 }),
+          usage({ keyId: 'key_c', ts: T + 20_000, cached: true, requests: 3, latencyMs: 30, billedTokens: 0 }),
+        ]);
+        const expected = { group: 'key_c', model: 'claude-haiku-4-5', requests: 9, errors: 5, cachedRequests: 3, totalLatencyMs: 145 };
+        expect(await store.usageReport({ by: 'key', keyId: 'key_c' })).toMatchObject([expected]);
+        expect(await store.usageReport({ by: 'key', keyId: 'key_c', sinceMs: T + 1, untilMs: T + 60_000 })).toMatchObject([expected]);
+      });
+
+      it('orders report rows by group, then model, bytewise', async () => {
+        const models = ['claude-b', 'Claude-a', 'claude_c', 'claude-\u00e9', 'claude-B'];
+        await store.insertUsage(models.map((model) => usage({ keyId: 'key_order', model, billedTokens: 0 })));
+        const bytewise = [...models].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+        expect((await store.usageReport({ by: 'model', keyId: 'key_order' })).map((r) => r.model)).toEqual(bytewise);
+        expect((await store.usageReport({ by: 'key', keyId: 'key_order' })).map((r) => r.model)).toEqual(bytewise);
+      });
+
+      it('rolls back a batch that fails part-way', async () => {
+        const bad = { ...usage({ keyId: 'key_rollback' }), model: null as unknown as string };
+        await expect(store.insertUsage([usage({ keyId: 'key_rollback' }), bad])).rejects.toThrow();
+        expect(await store.usageReport({ by: 'key', keyId: 'key_rollback' })).toEqual([]);
+      });
+    });
+
+    describe('persistence and sharing', () => {
+      it('keeps keys, usage, meta and the generation across reopening', async () => {
+        const openOwn = await impl.fresh();
+        const first = await openOwn();
+        const key = keyRecord();
+        await first.createKey(key);
+        await first.insertUsage([usage({ keyId: key.id, billedTokens: 77 })]);
+        await first.setMeta('admin_token_sha256', 'abc');
+        const generation = await first.keysGeneration();
+        expect(first.description).toMatch(impl.describes);
+        await first.close();
+        await first.close(); // idempotent
+        await expect(first.getKey(key.id)).rejects.toThrow(/closed/);
+
+        const second = await openOwn();
+        try {
+          expect(second.description).toBe(first.description);
+          expect(await second.getKey(key.id)).toEqual(key);
+          expect(await second.keysGeneration()).toBe(generation);
+          expect(await second.getMeta('admin_token_sha256')).toBe('abc');
+          expect(await second.usageReport({ by: 'key' })).toMatchObject([{ group: key.id, requests: 1, billedTokens: 77 }]);
+          await second.updateKey(key.id, { rpm: 1 });
+          expect(await second.keysGeneration()).not.toBe(generation);
+        } finally {
+          await second.close();
+        }
+      });
+
+      it('sees writes made through another store on the same data', async () => {
+        const other = await open();
+        try {
+          const before = await store.keysGeneration();
+          const key = keyRecord();
+          await other.createKey(key);
+          expect(await store.getKey(key.id)).toEqual(key);
+          expect(await store.keysGeneration()).not.toBe(before);
+          await other.insertUsage([usage({ keyId: 'key_other', billedTokens: 3 })]);
+          expect(await store.usageReport({ by: 'key', keyId: 'key_other' })).toMatchObject([{ requests: 1, billedTokens: 3 }]);
+        } finally {
+          await other.close();
+        }
+      });
+
+      it('agrees on one value when stores set the same meta at once', async () => {
+        const others = await Promise.all([open(), open()]);
+        try {
+          const all = [store, ...others];
+          const answers = await Promise.all(all.flatMap((s, i) => [0, 1, 2].map((j) => s.setMetaIfAbsent('admin_token_sha256_race', `v${i}.${j}`))));
+          expect(new Set(answers).size).toBe(1);
+          expect(await store.getMeta('admin_token_sha256_race')).toBe(answers[0]);
+        } finally {
+          await Promise.all(others.map((s) => s.close()));
+        }
+      });
+    });
   });
 });
 
-describe('SqliteStore usage', () => {
-  beforeAll(async () => {
-    await store.insertUsage([
-      usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T }),
-      usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T + 30_000, status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 }),
-      usage({ keyId: 'key_u1', model: 'claude-sonnet-4-6', ts: T + 61_000, cached: true, billedTokens: 0 }),
-      usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T + DAY, outcome: 'upstream_cut', inputTokens: 100, outputTokens: 1, billedTokens: 104, latencyMs: 50 }),
-      usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T - DAY, endpoint: 'count_tokens', billedTokens: 0, latencyMs: 10 }),
-    ]);
-    await store.insertUsage([]);
-  });
-
-  it('groups by model', async () => {
-    const rows = await store.usageReport({ by: 'model' });
-    expect(rows).toEqual([
-      {
-        group: 'claude-haiku-4-5', model: 'claude-haiku-4-5', requests: 4, errors: 2, cachedRequests: 0,
-        inputTokens: 120, outputTokens: 41, cacheCreationTokens: 3, cacheReadTokens: 6, billedTokens: 137, totalLatencyMs: 260,
-      },
-      {
-        group: 'claude-sonnet-4-6', model: 'claude-sonnet-4-6', requests: 1, errors: 0, cachedRequests: 1,
-        inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 0, totalLatencyMs: 100,
-      },
-    ]);
-  });
-
-  it('groups by key (split by model) and filters by key', async () => {
-    const rows = await store.usageReport({ by: 'key' });
-    expect(rows.map((r) => [r.group, r.model, r.requests, r.billedTokens])).toEqual([
-      ['key_u1', 'claude-haiku-4-5', 2, 33],
-      ['key_u1', 'claude-sonnet-4-6', 1, 0],
-      ['key_u2', 'claude-haiku-4-5', 2, 104],
-    ]);
-    const only = await store.usageReport({ by: 'key', keyId: 'key_u2' });
-    expect(only.map((r) => [r.group, r.requests, r.inputTokens])).toEqual([['key_u2', 2, 110]]);
-    expect(await store.usageReport({ by: 'key', keyId: 'key_none' })).toEqual([]);
-  });
-
-  it('groups by UTC day', async () => {
-    const rows = await store.usageReport({ by: 'day' });
-    expect(rows.map((r) => [r.group, r.model, r.requests])).toEqual([
-      ['2026-03-09', 'claude-haiku-4-5', 1],
-      ['2026-03-10', 'claude-haiku-4-5', 2],
-      ['2026-03-10', 'claude-sonnet-4-6', 1],
-      ['2026-03-11', 'claude-haiku-4-5', 1],
-    ]);
-  });
-
-  it('filters by since (inclusive) and until (exclusive)', async () => {
-    const count = async (q: { sinceMs?: number; untilMs?: number; keyId?: string }) =>
-      (await store.usageReport({ by: 'key', ...q })).reduce((sum, r) => sum + r.requests, 0);
-    expect(await count({})).toBe(5);
-    expect(await count({ sinceMs: T })).toBe(4);
-    expect(await count({ sinceMs: T + 1 })).toBe(3);
-    expect(await count({ untilMs: T })).toBe(1);
-    expect(await count({ untilMs: T + 1 })).toBe(2);
-    expect(await count({ sinceMs: T, untilMs: T + DAY })).toBe(3);
-    expect(await count({ sinceMs: T, untilMs: T + DAY, keyId: 'key_u2' })).toBe(0);
-  });
-
-  it('gives per-minute budget buckets of billed tokens', async () => {
-    const buckets = await store.budgetBuckets(T - 1);
-    const sorted = [...buckets].sort((a, b) => a.keyId.localeCompare(b.keyId) || a.minute - b.minute);
-    // Zero-billed rows (429, cache hit, count_tokens) and rows before `since` leave no bucket.
-    expect(sorted).toEqual([
-      { keyId: 'key_u1', minute: Math.floor(T / 60_000), tokens: 33 },
-      { keyId: 'key_u2', minute: Math.floor((T + DAY) / 60_000), tokens: 104 },
-    ]);
-    await store.insertUsage([usage({ keyId: 'key_b', ts: T + 1_000, billedTokens: 5 }), usage({ keyId: 'key_b', ts: T + 59_999, billedTokens: 6 }), usage({ keyId: 'key_b', ts: T + 60_000, billedTokens: 7 })]);
-    const b = (await store.budgetBuckets(T)).filter((x) => x.keyId === 'key_b').sort((x, y) => x.minute - y.minute);
-    expect(b).toEqual([
-      { keyId: 'key_b', minute: T / 60_000, tokens: 11 },
-      { keyId: 'key_b', minute: T / 60_000 + 1, tokens: 7 },
-    ]);
-    expect(await store.budgetBuckets(T + 2 * DAY)).toEqual([]);
-  });
-
-  it('rolls back a batch that fails part-way', async () => {
-    const bad = { ...usage({ keyId: 'key_rollback' }), model: null as unknown as string };
-    await expect(store.insertUsage([usage({ keyId: 'key_rollback' }), bad])).rejects.toThrow();
-    expect(await store.usageReport({ by: 'key', keyId: 'key_rollback' })).toEqual([]);
-  });
-});
-
-describe('SqliteStore persistence', () => {
-  it('keeps keys, usage, meta and the generation across reopening the file', async () => {
-    const own = mkdtempSync(join(tmpdir(), 'claudcode-store-reopen-'));
-    try {
-      const first = new SqliteStore(join(own, 'nested', 'dir'));
-      const key = keyRecord();
-      await first.createKey(key);
-      await first.insertUsage([usage({ keyId: key.id, billedTokens: 77 })]);
-      await first.setMeta('admin_token_sha256', 'abc');
-      const generation = await first.keysGeneration();
-      await first.close();
-      await first.close(); // idempotent
-
-      const second = new SqliteStore(join(own, 'nested', 'dir'));
-      expect(second.path).toBe(join(own, 'nested', 'dir', 'claudcode.db'));
-      expect(await second.getKey(key.id)).toEqual(key);
-      expect(await second.keysGeneration()).toBe(generation);
-      expect(await second.getMeta('admin_token_sha256')).toBe('abc');
-      expect(await second.usageReport({ by: 'key' })).toMatchObject([{ group: key.id, requests: 1, billedTokens: 77 }]);
-      await second.updateKey(key.id, { rpm: 1 });
-      expect(await second.keysGeneration()).not.toBe(generation);
-      await second.close();
-    } finally {
-      rmSync(own, { recursive: true, force: true });
-    }
-  });
-
-  it('sees writes made through another connection to the same file', async () => {
-    const other = new SqliteStore(dir);
-    try {
-      const before = await store.keysGeneration();
-      const key = keyRecord();
-      await other.createKey(key);
-      expect(await store.getKey(key.id)).toEqual(key);
-      expect(await store.keysGeneration()).not.toBe(before);
-    } finally {
-      await other.close();
-    }
-  });
-
+describe('SqliteStore locking', () => {
   // Parallel `claudcode usage` runs on one data dir used to fail about 1 in 30 with "database is
   // locked": the WAL pragma ran before busy_timeout was set. The timeout is now set at open.
   it('opening waits for a lock another connection holds briefly', async () => {

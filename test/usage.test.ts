@@ -297,7 +297,7 @@ describe('UsageRecorder', () => {
   it('writes queued records in one batch per flush; concurrent flushes share the write', async () => {
     const { store: spy, batches } = flakyStore(0);
     const onError = vi.fn();
-    const recorder = new UsageRecorder(spy, 60_000, onError);
+    const recorder = new UsageRecorder(spy, { flushMs: 60_000, onError });
     for (let i = 0; i < 3; i++) recorder.record(record('key_batch', { outputTokens: i }));
     expect(recorder.pending).toBe(3);
     expect(await rowsOf('key_batch')).toBeNull();
@@ -313,10 +313,37 @@ describe('UsageRecorder', () => {
     expect(onError).not.toHaveBeenCalled();
   });
 
+  it('holds at most maxQueued records while the store is down, dropping the oldest and saying so', async () => {
+    const { store: flaky, batches } = flakyStore(3);
+    const onDrop = vi.fn();
+    const recorder = new UsageRecorder(flaky, { flushMs: 60_000, onError: () => {}, maxQueued: 5, onDrop });
+    for (let i = 0; i < 4; i++) recorder.record(record('key_bound', { outputTokens: i }));
+    await recorder.flush(); // fails: the 4 stay queued
+    for (let i = 4; i < 8; i++) recorder.record(record('key_bound', { outputTokens: i }));
+    expect(recorder.pending).toBe(5);
+    expect(onDrop.mock.calls.map(([dropped]) => dropped as number).reduce((a, b) => a + b, 0)).toBe(3);
+    await recorder.flush(); // fails again
+    await recorder.flush(); // fails a third time
+    await recorder.flush(); // the store is back
+    expect(recorder.pending).toBe(0);
+    // The five newest were kept, in order.
+    expect(batches.at(-1)!.map((r) => r.outputTokens)).toEqual([3, 4, 5, 6, 7]);
+    await recorder.close();
+  });
+
+  it('writes a long backlog in batches of bounded size', async () => {
+    const { store: counting, batches } = flakyStore(0);
+    const recorder = new UsageRecorder(counting, { flushMs: 60_000, onError: () => {} });
+    for (let i = 0; i < 12_000; i++) recorder.record(record('key_backlog'));
+    await recorder.close();
+    expect(batches.map((b) => b.length)).toEqual([5000, 5000, 2000]);
+    expect(await rowsOf('key_backlog')).toMatchObject({ requests: 12_000 });
+  });
+
   it('keeps a batch whose write failed and writes it with the next flush, in order', async () => {
     const { store: flaky, batches } = flakyStore(1);
     const onError = vi.fn();
-    const recorder = new UsageRecorder(flaky, 60_000, onError);
+    const recorder = new UsageRecorder(flaky, { flushMs: 60_000, onError });
     const first = [record('key_flaky'), record('key_flaky')];
     for (const r of first) recorder.record(r);
     await recorder.flush();
@@ -335,7 +362,7 @@ describe('UsageRecorder', () => {
   });
 
   it('flushes on its timer', async () => {
-    const recorder = new UsageRecorder(store, 20, () => {});
+    const recorder = new UsageRecorder(store, { flushMs: 20, onError: () => {} });
     recorder.record(record('key_timer'));
     const deadline = Date.now() + 1_500;
     while ((await rowsOf('key_timer')) === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -347,7 +374,7 @@ describe('UsageRecorder', () => {
   it('close() writes everything queued, retrying a failed write', async () => {
     const { store: flaky } = flakyStore(1);
     const onError = vi.fn();
-    const recorder = new UsageRecorder(flaky, 60_000, onError);
+    const recorder = new UsageRecorder(flaky, { flushMs: 60_000, onError });
     for (let i = 0; i < 5; i++) recorder.record(record('key_close'));
     await recorder.close();
     expect(onError).toHaveBeenCalledTimes(1);
@@ -363,7 +390,7 @@ describe('UsageRecorder', () => {
       await gate;
       return store.insertUsage(records);
     };
-    const recorder = new UsageRecorder(slow, 60_000, () => {});
+    const recorder = new UsageRecorder(slow, { flushMs: 60_000, onError: () => {} });
     recorder.record(record('key_slow'));
     const flushing = recorder.flush();
     recorder.record(record('key_slow'));

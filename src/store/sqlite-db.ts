@@ -23,7 +23,7 @@ export interface SqliteOptions {
 }
 
 /** The Store methods that run on the database (close is the worker's own business). */
-export type StoreMethod = Exclude<keyof Store, 'close'>;
+export type StoreMethod = Exclude<keyof Store, 'close' | 'description'>;
 
 /** The Store interface with its promises taken off: what the worker thread calls. */
 export type SyncStore = { [M in StoreMethod]: (...args: Parameters<Store[M]>) => Awaited<ReturnType<Store[M]>> };
@@ -373,6 +373,15 @@ export class SqliteDatabase implements SyncStore {
   getMeta(name: string): string | null {
     const row = this.statements.getMeta.get(name) as { value: string } | undefined;
     return row ? row.value : null;
+  }
+
+  setMetaIfAbsent(name: string, value: string): string {
+    this.statement('INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING').run(name, value);
+    return this.getMeta(name)!;
+  }
+
+  ping(): void {
+    this.statement('SELECT 1').get();
   }
 
   setMeta(name: string, value: string): void {

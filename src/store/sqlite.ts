@@ -202,6 +202,18 @@ export class SqliteStore implements Store {
     return this.call('setMeta', name, value);
   }
 
+  setMetaIfAbsent(name: string, value: string): Promise<string> {
+    return this.call('setMetaIfAbsent', name, value);
+  }
+
+  ping(): Promise<void> {
+    return this.call('ping');
+  }
+
+  get description(): string {
+    return `SQLite ${this.path}`;
+  }
+
   /** Idempotent. Calls made before it finish first; calls made after it reject. */
   close(): Promise<void> {
     this.state.closed ??= this.state.thread?.close() ?? Promise.resolve();

@@ -92,7 +92,8 @@ export interface UsageRow {
   totalLatencyMs: number;
 }
 
-export interface Store {
+/** Keys: what the admin API and the CLI change, and every instance reloads. */
+export interface KeyStore {
   createKey(key: KeyRecord): Promise<void>;
   getKey(id: string): Promise<KeyRecord | null>;
   listKeys(): Promise<KeyRecord[]>;
@@ -101,13 +102,32 @@ export interface Store {
   deleteKey(id: string): Promise<boolean>;
   /** A number that changes whenever any key is created, changed or deleted. */
   keysGeneration(): Promise<number>;
+}
 
+/** Usage records: written in batches off the request path, read for reports and budgets. */
+export interface UsageStore {
   insertUsage(records: UsageRecord[]): Promise<void>;
   /** Buckets with ts in [sinceMs, untilMs), of every key or of one. */
   budgetBuckets(sinceMs: number, options?: { keyId?: string; untilMs?: number }): Promise<BudgetBucket[]>;
   usageReport(query: UsageQuery): Promise<UsageRow[]>;
+}
 
+/** Small named settings (the admin token's hash, ...). */
+export interface MetaStore {
   getMeta(name: string): Promise<string | null>;
   setMeta(name: string, value: string): Promise<void>;
+  /**
+   * Sets `name` only if it has no value yet and returns the value it holds afterwards, so that
+   * instances starting together agree on one (the generated admin token).
+   */
+  setMetaIfAbsent(name: string, value: string): Promise<string>;
+}
+
+/** The durable store: SQLite (embedded) or PostgreSQL (scale-out), split by concern. */
+export interface Store extends KeyStore, UsageStore, MetaStore {
+  /** Where the data lives, for logs and readiness (no credentials). */
+  readonly description: string;
+  /** Answers when the store is reachable (readiness probes); throws otherwise. */
+  ping(): Promise<void>;
   close(): Promise<void>;
 }

@@ -1,30 +1,15 @@
 /**
- * Per-key limits, in process: requests per minute (sliding log), requests in flight, and a token
- * budget over a rolling window (one-minute buckets). `Limits.admit` checks all three before a
- * request goes upstream; the returned admission is finished exactly once when the request is
- * over, which frees the concurrency slot and bills the tokens upstream reported.
+ * Per-key limits in process, the embedded default's RateLimiter: requests per minute (sliding
+ * log), requests in flight, and a token budget over a rolling window (one-minute buckets).
+ * `Limits` is the synchronous core (its own unit tests drive it with an injected clock);
+ * `MemoryRateLimiter` puts it behind the RateLimiter seam (types.ts).
  */
-import { InvalidRequestError, RateLimitError } from './errors.ts';
-import type { KeyRecord, BudgetBucket } from './store/types.ts';
+import { InvalidRequestError, RateLimitError } from '../errors.ts';
+import type { BudgetBucket, KeyRecord } from '../store/types.ts';
+import { formatWait } from './format.ts';
+import type { Admission, AdmitOptions, BudgetStatus, RateLimiter, ReadBuckets } from './types.ts';
 
 const MINUTE_MS = 60_000;
-
-/** "2h 15m", "15m", "40s": how the spec words a wait. Minutes round up. */
-export function formatWait(ms: number): string {
-  const seconds = Math.max(0, Math.ceil(ms / 1000));
-  if (seconds < 60) return `${seconds}s`;
-  const minutes = Math.ceil(seconds / 60);
-  const hours = Math.floor(minutes / 60);
-  return hours > 0 ? `${hours}h ${minutes % 60}m` : `${minutes}m`;
-}
-
-/** "5h rolling", "90m rolling", "1d rolling". */
-export function formatWindow(seconds: number): string {
-  if (seconds % 86400 === 0) return `${seconds / 86400}d rolling`;
-  if (seconds % 3600 === 0) return `${seconds / 3600}h rolling`;
-  if (seconds % 60 === 0) return `${seconds / 60}m rolling`;
-  return `${seconds}s rolling`;
-}
 
 /** Timestamps of the requests admitted in the last minute, oldest first, in a compacting queue. */
 class RequestLog {
@@ -125,41 +110,16 @@ function tokenHeaders(key: KeyRecord, remaining: number, resetAt: number): Recor
   };
 }
 
-export interface BudgetStatus {
-  total: number;
-  used: number;
-  remaining: number;
-  /** ms until requests are accepted again (when exhausted), else until the oldest usage frees. */
-  resetsInMs: number;
-}
-
-export interface Admission {
-  /** X-RateLimit-* headers for the response. */
-  readonly headers: Record<string, string>;
-  /**
-   * Strict mode, once the body is read: reserves `tokens` (the request's worst case) until the
-   * request finishes, or throws RateLimitError / InvalidRequestError as `admit` does. The
-   * admission stays held either way; `finish` releases it.
-   */
-  reserve(tokens: number, now: number): void;
-  /** Frees the concurrency slot and any reservation, and bills `billedTokens`. Idempotent. */
-  finish(billedTokens: number): void;
-}
-
-export interface AdmitOptions {
-  /** Skip the token budget (count_tokens counts against rpm only). */
-  checkBudget: boolean;
-  /**
-   * Strict mode: tokens to reserve until the request finishes (0 otherwise). The gateway admits
-   * with 0 before it reads a body and reserves with `Admission.reserve` once it knows max_tokens.
-   */
-  reserveTokens?: number;
-}
-
 export class Limits {
   private readonly logs = new Map<string, RequestLog>();
   private readonly inFlight = new Map<string, number>();
   private readonly ledgers = new Map<string, TokenLedger>();
+  /** When a finished request's tokens are billed (injected by tests). */
+  private readonly clock: () => number;
+
+  constructor(clock: () => number = () => Date.now()) {
+    this.clock = clock;
+  }
 
   /** The first minute that `load` covered: older usage was never read from the store. */
   private loadedFrom = -Infinity;
@@ -329,8 +289,39 @@ export class Limits {
         if (left > 0) this.inFlight.set(key.id, left);
         else this.inFlight.delete(key.id);
         ledger.reserved -= reserved;
-        this.bill(key.id, billedTokens, Date.now());
+        this.bill(key.id, billedTokens, this.clock());
       },
     };
   }
+}
+
+/** The in-process limiter behind the RateLimiter seam. */
+export class MemoryRateLimiter implements RateLimiter {
+  readonly description = 'in process';
+  readonly limits: Limits;
+
+  constructor(options: { clock?: () => number } = {}) {
+    this.limits = new Limits(options.clock);
+  }
+
+  async admit(key: KeyRecord, now: number, options: AdmitOptions): Promise<Admission> {
+    return this.limits.admit(key, now, options);
+  }
+
+  async budget(key: KeyRecord, now: number): Promise<BudgetStatus> {
+    return this.limits.budget(key, now);
+  }
+
+  async load(readBuckets: ReadBuckets, sinceMs: number): Promise<void> {
+    this.limits.load(await readBuckets({ sinceMs }), sinceMs);
+  }
+
+  async restoreWindow(key: KeyRecord, now: number, readBuckets: ReadBuckets): Promise<void> {
+    const range = this.limits.missingRange(key.id, key.windowSeconds, now);
+    if (range) this.limits.backfill(key.id, range, await readBuckets({ ...range, keyId: key.id }));
+  }
+
+  async ping(): Promise<void> {}
+
+  async close(): Promise<void> {}
 }

@@ -1,0 +1,153 @@
+/**
+ * The PostgreSQL schema as an ordered list of migrations (the scale-out store, postgres.ts).
+ * `schema_version` holds one row per migration applied; `migrate` applies the missing ones at
+ * open, all in one transaction that first takes a transaction-scoped advisory lock, so that
+ * instances starting together against a fresh database queue up behind the first: it migrates,
+ * the others find the version current and do nothing. A failed migration rolls back whole.
+ *
+ * A migration's text is history: once released it never changes (a database that already ran it
+ * will not run it again); a change to the schema is a new migration at the end of the list.
+ *
+ * Layout mirrors the SQLite store (schema.ts): keys, usage with its (key_id, ts) and (ts)
+ * indexes, hourly and daily rollups per (period, key, model), meta. Differences, for PostgreSQL:
+ * every time and count is BIGINT (ms since the epoch, tokens); models is TEXT[]; the keys
+ * generation is its own one-row table; and each usage row carries `record_id`, a digest of the
+ * record's fields (postgres-usage.ts) under a primary key, so that a batch written again after
+ * an unknown COMMIT outcome adds nothing twice.
+ */
+import type pg from 'pg';
+
+export const HOUR_MS = 3_600_000;
+export const DAY_MS = 86_400_000;
+
+/**
+ * The advisory lock key migrations run under ("claudc" in ASCII). Advisory locks are per
+ * database, so databases on one server never wait on each other.
+ */
+export const MIGRATION_LOCK = 0x636c61756463n;
+
+/** A rollup table of usage per (period, key, model). Part of migration 1's text: never edit. */
+function rollupTable(table: string, period: string): string {
+  return `
+CREATE TABLE ${table} (
+  ${period} BIGINT NOT NULL,
+  key_id TEXT NOT NULL,
+  model TEXT NOT NULL,
+  requests BIGINT NOT NULL,
+  errors BIGINT NOT NULL,
+  cached_requests BIGINT NOT NULL,
+  input_tokens BIGINT NOT NULL,
+  output_tokens BIGINT NOT NULL,
+  cache_creation_tokens BIGINT NOT NULL,
+  cache_read_tokens BIGINT NOT NULL,
+  billed_tokens BIGINT NOT NULL,
+  latency_ms BIGINT NOT NULL,
+  PRIMARY KEY (${period}, key_id, model)
+);
+CREATE INDEX ${table}_key ON ${table} (key_id, ${period});
+`;
+}
+
+export interface Migration {
+  /** What the migration does, for the error message if it fails. */
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    name: 'keys, keys_generation, usage with hourly and daily rollups, meta',
+    sql: `
+CREATE TABLE keys (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  key_hash TEXT NOT NULL UNIQUE,
+  key_preview TEXT NOT NULL,
+  budget_tokens BIGINT NOT NULL,
+  window_seconds BIGINT NOT NULL,
+  rpm BIGINT NOT NULL,
+  concurrent BIGINT NOT NULL,
+  models TEXT[],
+  expires_at BIGINT,
+  disabled BOOLEAN NOT NULL DEFAULT FALSE,
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+CREATE TABLE keys_generation (
+  only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+  generation BIGINT NOT NULL
+);
+INSERT INTO keys_generation (only_row, generation) VALUES (TRUE, 0);
+CREATE TABLE usage (
+  record_id UUID PRIMARY KEY,
+  ts BIGINT NOT NULL,
+  key_id TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  endpoint TEXT NOT NULL,
+  model TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  input_tokens BIGINT NOT NULL,
+  output_tokens BIGINT NOT NULL,
+  cache_creation_tokens BIGINT NOT NULL,
+  cache_read_tokens BIGINT NOT NULL,
+  billed_tokens BIGINT NOT NULL,
+  latency_ms BIGINT NOT NULL,
+  cached BOOLEAN NOT NULL,
+  streamed BOOLEAN NOT NULL,
+  outcome TEXT NOT NULL,
+  requests INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX usage_key_ts ON usage (key_id, ts);
+CREATE INDEX usage_ts ON usage (ts);
+${rollupTable('usage_hourly', 'hour')}
+${rollupTable('usage_daily', 'day')}
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+`,
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Brings the database to SCHEMA_VERSION on `client` (a connection of its own, not in a
+ * transaction); refuses a database migrated by a newer claudcode. Returns the versions applied.
+ */
+export async function migrate(client: pg.PoolClient): Promise<number[]> {
+  await client.query('BEGIN');
+  try {
+    // Migrations may rewrite large tables: no statement timeout for them.
+    await client.query('SET LOCAL statement_timeout = 0');
+    await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK.toString()]);
+    await client.query(`CREATE TABLE IF NOT EXISTS schema_version (
+      version INTEGER PRIMARY KEY,
+      name TEXT NOT NULL,
+      applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )`);
+    const { rows } = await client.query<{ version: number }>('SELECT COALESCE(MAX(version), 0)::int AS version FROM schema_version');
+    const from = rows[0]!.version;
+    if (from > SCHEMA_VERSION) {
+      throw new Error(
+        `the PostgreSQL store's schema is version ${from}, newer than this claudcode knows (${SCHEMA_VERSION}): upgrade claudcode`,
+      );
+    }
+    const applied: number[] = [];
+    for (let version = from + 1; version <= SCHEMA_VERSION; version++) {
+      const migration = MIGRATIONS[version - 1]!;
+      try {
+        // No parameters: the simple query protocol, which runs several statements in one call.
+        await client.query(migration.sql);
+      } catch (err) {
+        // Reworded in place so that PostgreSQL's fields (code, detail, ...) stay on the error.
+        if (err instanceof Error) err.message = `schema migration ${version} (${migration.name}) failed: ${err.message}`;
+        throw err;
+      }
+      await client.query('INSERT INTO schema_version (version, name) VALUES ($1, $2)', [version, migration.name]);
+      applied.push(version);
+    }
+    await client.query('COMMIT');
+    return applied;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined); // the connection may be gone
+    throw err;
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * The PostgreSQL store's usage SQL: the batch insert that keeps the rollups, per-minute budget
+ * buckets, and reports that read the rollups (postgres-schema.ts) for whole days and hours.
+ *
+ * A batch is one statement (UNNEST of one array per column), so it commits or fails whole and
+ * costs one round trip whatever its size. Each row's primary key is a digest of the record's
+ * fields (`recordId`): a batch written again, because the connection dropped before its COMMIT
+ * was acknowledged, conflicts on every row it already wrote and skips them, and the rollups are
+ * summed only from the rows this statement actually inserted. The rollups are upserted in key
+ * order, so that instances writing overlapping groups at once take row locks in the same order
+ * and cannot deadlock.
+ *
+ * Reports split [since, until) as the SQLite store does (sqlite-db.ts): whole UTC days from
+ * usage_daily, whole hours of the partial days from usage_hourly, raw rows only in the partial
+ * hours at the very edges, so that they equal one aggregate over the raw rows exactly.
+ */
+import { createHash } from 'node:crypto';
+import { DAY_MS, HOUR_MS } from './postgres-schema.ts';
+import type { UsageGrouping, UsageQuery, UsageRecord } from './types.ts';
+
+/** A statement and its parameters ($1, $2, ... in order). */
+export interface Sql {
+  text: string;
+  values: unknown[];
+}
+
+/** Collects parameters and hands back their placeholders, so no input is ever spliced into SQL. */
+class Params {
+  readonly values: unknown[] = [];
+
+  add(value: unknown): string {
+    return `$${this.values.push(value)}`;
+  }
+}
+
+/** floor(column / divisor) for BIGINT columns (PostgreSQL's integer division truncates towards zero). */
+function floorDiv(column: string, divisor: number): string {
+  return `((${column} - ((${column} % ${divisor}) + ${divisor}) % ${divisor}) / ${divisor})`;
+}
+
+// --- writing ---------------------------------------------------------------------------------
+
+/** The usage columns in insert order, with the array type each is sent as. */
+const USAGE_COLUMNS = [
+  ['record_id', 'uuid'], ['ts', 'bigint'], ['key_id', 'text'], ['request_id', 'text'], ['endpoint', 'text'],
+  ['model', 'text'], ['status', 'int'], ['input_tokens', 'bigint'], ['output_tokens', 'bigint'],
+  ['cache_creation_tokens', 'bigint'], ['cache_read_tokens', 'bigint'], ['billed_tokens', 'bigint'],
+  ['latency_ms', 'bigint'], ['cached', 'boolean'], ['streamed', 'boolean'], ['outcome', 'text'], ['requests', 'int'],
+] as const;
+
+/** The rollups' summed columns, and the UsageRow field each becomes in a report. */
+const SUMMED_COLUMNS = {
+  requests: 'requests',
+  errors: 'errors',
+  cached_requests: 'cachedRequests',
+  input_tokens: 'inputTokens',
+  output_tokens: 'outputTokens',
+  cache_creation_tokens: 'cacheCreationTokens',
+  cache_read_tokens: 'cacheReadTokens',
+  billed_tokens: 'billedTokens',
+  latency_ms: 'totalLatencyMs',
+} as const;
+const SUMMED = Object.keys(SUMMED_COLUMNS);
+
+/** The rollups' sums over raw usage rows: each row counts as `requests` requests. */
+const RAW_SUMS = `SUM(requests) AS requests,
+  SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
+  SUM(CASE WHEN cached THEN requests ELSE 0 END) AS cached_requests,
+  SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
+  SUM(cache_creation_tokens) AS cache_creation_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
+  SUM(billed_tokens) AS billed_tokens, SUM(latency_ms) AS latency_ms`;
+const ROLLUP_SUMS = SUMMED.map((c) => `SUM(${c}) AS ${c}`).join(', ');
+const REPORT_SUMS = Object.entries(SUMMED_COLUMNS).map(([c, field]) => `SUM(${c}) AS "${field}"`).join(', ');
+
+/** Adds the rows of `inserted` to a rollup, in key order (see the file's comment on deadlocks). */
+function rollUp(table: string, period: string, periodMs: number): string {
+  return `INSERT INTO ${table} (${period}, key_id, model, ${SUMMED.join(', ')})
+    SELECT ${floorDiv('ts', periodMs)}, key_id, model, ${RAW_SUMS}
+    FROM inserted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (${period}, key_id, model) DO UPDATE SET ${SUMMED.map((c) => `${c} = ${table}.${c} + excluded.${c}`).join(', ')}`;
+}
+
+/** Answers one row, `inserted`: how many of the batch's records were new. */
+const INSERT_USAGE_SQL = `
+WITH batch AS (
+  SELECT * FROM UNNEST(${USAGE_COLUMNS.map(([, type], i) => `$${i + 1}::${type}[]`).join(', ')})
+    AS b(${USAGE_COLUMNS.map(([name]) => name).join(', ')})
+), inserted AS (
+  INSERT INTO usage (${USAGE_COLUMNS.map(([name]) => name).join(', ')})
+  SELECT * FROM batch
+  ON CONFLICT (record_id) DO NOTHING
+  RETURNING ts, key_id, model, status, outcome, cached, requests, input_tokens, output_tokens,
+            cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms
+), daily AS (
+  ${rollUp('usage_daily', 'day', DAY_MS)}
+), hourly AS (
+  ${rollUp('usage_hourly', 'hour', HOUR_MS)}
+)
+SELECT count(*)::int AS inserted FROM inserted`;
+
+/** PostgreSQL text cannot hold NUL; a client-chosen model name could carry one. */
+function text(value: string): string {
+  return typeof value === 'string' ? value.replaceAll('\u0000', '\uFFFD') : value;
+}
+
+/**
+ * Counts are BIGINT: whole, and within what a JS number holds exactly. Anything else (a
+ * fractional token count from a misbehaving upstream) would fail the whole batch, every retry.
+ */
+function int(value: number): number {
+  if (typeof value !== 'number' || !Number.isFinite(value)) return value; // NOT NULL / type errors reject the batch
+  return Math.max(-Number.MAX_SAFE_INTEGER, Math.min(Number.MAX_SAFE_INTEGER, Math.round(value)));
+}
+
+/** The record as stored, in USAGE_COLUMNS order after record_id. */
+function storedFields(r: UsageRecord): unknown[] {
+  return [
+    int(r.ts), text(r.keyId), text(r.requestId), text(r.endpoint), text(r.model), int(r.status),
+    int(r.inputTokens), int(r.outputTokens), int(r.cacheCreationTokens), int(r.cacheReadTokens), int(r.billedTokens),
+    int(r.latencyMs), r.cached, r.streamed, text(r.outcome), int(r.requests ?? 1),
+  ];
+}
+
+/**
+ * A record's identity: the first 128 bits of SHA-256 over every stored field, as a UUID. Two
+ * records share it only if every field is equal, which for distinct requests cannot happen
+ * (request ids are unique; a coalesced refusal row carries its first request's id, its time and
+ * its count) and for a batch sent twice always does.
+ */
+export function recordId(fields: readonly unknown[]): string {
+  const hex = createHash('sha256').update(JSON.stringify(fields)).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+}
+
+/** The batch insert: one array per column. */
+export function insertUsageSql(records: readonly UsageRecord[]): Sql {
+  const columns: unknown[][] = USAGE_COLUMNS.map(() => []);
+  for (const record of records) {
+    const fields = storedFields(record);
+    columns[0]!.push(recordId(fields));
+    fields.forEach((value, i) => columns[i + 1]!.push(value));
+  }
+  return { text: INSERT_USAGE_SQL, values: columns };
+}
+
+// --- reading ---------------------------------------------------------------------------------
+
+/** Billed tokens per key per minute in [since, until), only rows that billed any. */
+export function budgetBucketsSql(sinceMs: number, options: { keyId?: string; untilMs?: number }): Sql {
+  const p = new Params();
+  const where = [`ts >= ${p.add(sinceMs)}`, 'billed_tokens > 0'];
+  if (options.untilMs !== undefined) where.push(`ts < ${p.add(options.untilMs)}`);
+  if (options.keyId !== undefined) where.push(`key_id = ${p.add(options.keyId)}`);
+  return {
+    text: `SELECT key_id AS "keyId", ${floorDiv('ts', 60_000)} AS minute, SUM(billed_tokens) AS tokens
+      FROM usage WHERE ${where.join(' AND ')} GROUP BY 1, 2`,
+    values: p.values,
+  };
+}
+
+/** The rollups, coarsest first: each is read for the whole periods of what is left of a range. */
+const ROLLUPS = [
+  { table: 'usage_daily', period: 'day', periodMs: DAY_MS },
+  { table: 'usage_hourly', period: 'hour', periodMs: HOUR_MS },
+] as const;
+
+interface ReportPart {
+  table: 'usage' | (typeof ROLLUPS)[number]['table'];
+  column: 'ts' | (typeof ROLLUPS)[number]['period'];
+  /** [from, to) in the column's unit (ms for usage); undefined is unbounded. */
+  from: number | undefined;
+  to: number | undefined;
+}
+
+/**
+ * Splits [since, until) into whole periods of each rollup in turn, and raw rows for the rest.
+ * (The same split as sqlite-db.ts's; UTC days are whole numbers of hours, so the parts tile the
+ * range exactly.)
+ */
+function reportParts(since: number | undefined, until: number | undefined, level = 0): ReportPart[] {
+  const rollup = ROLLUPS[level];
+  if (!rollup) {
+    if (since !== undefined && until !== undefined && since >= until) return [];
+    return [{ table: 'usage', column: 'ts', from: since, to: until }];
+  }
+  const first = since === undefined ? undefined : Math.ceil(since / rollup.periodMs);
+  const end = until === undefined ? undefined : Math.floor(until / rollup.periodMs);
+  if (first !== undefined && end !== undefined && first >= end) return reportParts(since, until, level + 1);
+  return [
+    { table: rollup.table, column: rollup.period, from: first, to: end },
+    ...(first === undefined ? [] : reportParts(since, first * rollup.periodMs, level + 1)),
+    ...(end === undefined ? [] : reportParts(end * rollup.periodMs, until, level + 1)),
+  ];
+}
+
+/** Each part yields `g` (the model, the key id, or the UTC day number) and its sums. */
+const GROUP_VALUE: Record<ReportPart['table'], Record<UsageGrouping, string>> = {
+  usage: { model: 'model', key: 'key_id', day: floorDiv('ts', DAY_MS) },
+  usage_hourly: { model: 'model', key: 'key_id', day: floorDiv('hour', 24) },
+  usage_daily: { model: 'model', key: 'key_id', day: 'day' },
+};
+const GROUP_LABEL: Record<UsageGrouping, string> = {
+  model: 'g',
+  key: 'g',
+  day: `to_char(to_timestamp(g * 86400) AT TIME ZONE 'UTC', 'YYYY-MM-DD')`,
+};
+/** Reports order by group, then model, bytewise (as SQLite's BINARY collation does), whatever the database's collation. */
+const GROUP_ORDER: Record<UsageGrouping, string> = { model: 'g COLLATE "C"', key: 'g COLLATE "C"', day: 'g' };
+
+/** The report, or undefined for an empty range. */
+export function usageReportSql(query: UsageQuery): Sql | undefined {
+  const p = new Params();
+  const selects: string[] = [];
+  for (const part of reportParts(query.sinceMs, query.untilMs)) {
+    const where: string[] = [];
+    if (query.keyId !== undefined) where.push(`key_id = ${p.add(query.keyId)}`);
+    if (part.from !== undefined) where.push(`${part.column} >= ${p.add(part.from)}`);
+    if (part.to !== undefined) where.push(`${part.column} < ${p.add(part.to)}`);
+    selects.push(
+      `SELECT ${GROUP_VALUE[part.table][query.by]} AS g, model, ${part.table === 'usage' ? RAW_SUMS : ROLLUP_SUMS}
+       FROM ${part.table} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY 1, 2`,
+    );
+  }
+  if (selects.length === 0) return undefined;
+  return {
+    text: `SELECT ${GROUP_LABEL[query.by]} AS "group", model, ${REPORT_SUMS}
+      FROM (${selects.join(' UNION ALL ')}) AS parts
+      GROUP BY g, model ORDER BY ${GROUP_ORDER[query.by]}, model COLLATE "C"`,
+    values: p.values,
+  };
+}
