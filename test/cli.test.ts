@@ -3,35 +3,19 @@
  * running gateway's admin API with --url.
  */
 import Anthropic, { APIError } from '@anthropic-ai/sdk';
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashKey } from '../src/keys.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
+import { runCli, type CliRun } from './gateway-process.ts';
 import { ADMIN_TOKEN, MESSAGE, startStack, type Stack } from './helpers.ts';
 
-/** The checkout this test file lives in, wherever it was cloned. */
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-/** The Node running the tests (the project's Node 24), for the CLI child processes too. */
-const NODE = process.execPath;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+type Run = CliRun;
 
 function cli(args: string[], dataDir: string, extraEnv: Record<string, string> = {}): Promise<Run> {
-  const env = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', CLAUDCODE_DATA_DIR: dataDir, ...extraEnv };
-  return new Promise((resolve) => {
-    execFile(NODE, ['src/cli.ts', ...args], { cwd: ROOT, env, timeout: 15_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
+  return runCli(args, { CLAUDCODE_DATA_DIR: dataDir, ...extraEnv });
 }
 
 function ok(run: Run): string {
@@ -215,6 +199,22 @@ describe('CLI on the store directly', () => {
     fails(await cli(['usage', '--until', '+275760-09-13T00:00:00Z'], dir), /^claudcode: until: .*out of range/);
     fails(await cli(['keys', 'create', '--name', 'forever', '--window', '100000000000d'], dir), /window: .*too long for a budget window: at most 366d/);
     fails(await cli(['keys', 'update', created.id, '--window', '30s'], dir), /window: .*too short for a budget window: at least 60s/);
+  });
+});
+
+describe('scale-out settings given by halves', () => {
+  it('DATABASE_URL without REDIS_URL (or the reverse) stops start and every command with one line', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'claudcode-cli-half-'));
+    try {
+      for (const env of [{ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }, { REDIS_URL: 'redis://127.0.0.1:1' }]) {
+        for (const args of [['start'], ['keys', 'list'], ['usage']]) {
+          const run = await cli(args, dir, env);
+          fails(run, /the scale-out mode needs both/);
+        }
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -1,8 +1,8 @@
 /**
  * The gateway as an operator runs it, for tests: `claudcode start` in its own process on a free
- * loopback port.
+ * loopback port, and the other CLI commands as child processes.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
@@ -57,3 +57,20 @@ export async function startGatewayProcess(env: Record<string, string>): Promise<
   throw new Error(`gateway did not start: ${err}`);
 }
 
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `claudcode ARGS` with only `env` (plus PATH and HOME) and collects what it printed. */
+export function runCli(args: string[], env: Record<string, string>): Promise<CliRun> {
+  const fullEnv = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env };
+  return new Promise((resolve) => {
+    execFile(NODE, ['src/cli.ts', ...args], { cwd: ROOT, env: fullEnv, timeout: 15_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}

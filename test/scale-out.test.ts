@@ -7,7 +7,7 @@
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeUpstream, type FakeUpstream } from '../src/fake-upstream/server.ts';
-import { startGatewayProcess, type GatewayProcess } from './gateway-process.ts';
+import { runCli, startGatewayProcess, type GatewayProcess } from './gateway-process.ts';
 import { startTcpProxy, type TcpProxy } from './fixtures.ts';
 import { MESSAGE } from './helpers.ts';
 import { createTestDatabase, POSTGRES_ADMIN_URL, REDIS_URL, services, testRedisPrefix } from './services.ts';
@@ -107,6 +107,28 @@ describe.skipIf(!services.both)('three gateway instances on PostgreSQL and Redis
     const { key } = await createKey(instances[0]!, {});
     for (const other of instances.slice(1, 3)) {
       await within(1000, async () => (await send(other, key)).status === 200);
+    }
+  });
+
+  it('the CLI works on the shared store: a key it creates works on every instance within a second; usage covers them all', async () => {
+    const created = await runCli(['keys', 'create', '--name', 'from-cli', '--json'], env);
+    expect(created.stderr).toBe('');
+    expect(created.code).toBe(0);
+    const { key, id } = JSON.parse(created.stdout) as { key: string; id: string };
+    for (const instance of instances) {
+      await within(1000, async () => (await send(instance, key)).status === 200);
+    }
+    const listed = await runCli(['keys', 'list', '--json'], env);
+    expect((JSON.parse(listed.stdout) as { id: string }[]).map((k) => k.id)).toContain(id);
+    let report: any;
+    await within(5000, async () => {
+      report = JSON.parse((await runCli(['usage', '--key', id, '--json'], env)).stdout);
+      return report.totals.requests === instances.length;
+    });
+    const disabled = await runCli(['keys', 'disable', id], env);
+    expect(disabled.code).toBe(0);
+    for (const instance of instances) {
+      await within(1000, async () => (await send(instance, key)).status === 401);
     }
   });
 
