@@ -206,7 +206,7 @@ describe('scale-out settings given by halves', () => {
   it('DATABASE_URL without REDIS_URL (or the reverse) stops start and every command with one line', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'claudcode-cli-half-'));
     try {
-      for (const env of [{ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }, { REDIS_URL: 'redis://127.0.0.1:1' }]) {
+      for (const env of [{ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }, { REDIS_URL: 'redis://127.0.0.1:1' }] as Record<string, string>[]) {
         for (const args of [['start'], ['keys', 'list'], ['usage']]) {
           const run = await cli(args, dir, env);
           fails(run, /the scale-out mode needs both/);

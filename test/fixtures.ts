@@ -1,18 +1,18 @@
 /**
  * Small test fixtures shared by the suites: seeded randomness (random.ts, which the benchmarks
- * use too), temp directories removed after the file's tests, usage records with every field
- * filled in (one at a time, or random ones with random report queries), and a TCP proxy that can
- * take a server away from its clients.
+ * use too), temp directories removed after the file's tests, key records for the limiter suites,
+ * usage records with every field filled in (one at a time, or random ones with random report
+ * queries), and a TCP proxy that can take a server away from its clients. (Free ports are in
+ * ports.ts, which the benchmarks import: it must not import vitest.)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
-import type { UsageQuery, UsageRecord } from '../src/store/types.ts';
+import type { KeyRecord, UsageQuery, UsageRecord } from '../src/store/types.ts';
 
 export { seededRandom } from './random.ts';
-
 
 /** A function making fresh temp directories (named after `prefix`), all removed after the file's tests. */
 export function tempDirs(prefix: string): () => string {
@@ -27,6 +27,30 @@ export function tempDirs(prefix: string): () => string {
   };
 }
 
+/**
+ * A key record with limits no test reaches unless it means to (a million tokens an hour, 1000
+ * rpm, 1000 in flight; every model, no expiry), created 2026-01-01; `over` applied.
+ */
+export function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
+  const created = Date.UTC(2026, 0, 1);
+  return {
+    id: 'key_test',
+    name: 'test',
+    hash: 'ab'.repeat(32),
+    preview: 'sk-cc-...abcd',
+    budgetTokens: 1_000_000,
+    windowSeconds: 3600,
+    rpm: 1000,
+    concurrent: 1000,
+    models: null,
+    expiresAt: null,
+    disabled: false,
+    createdAt: created,
+    updatedAt: created,
+    ...over,
+  };
+}
+
 let sequence = 0;
 
 /** A usage record of a served request at `defaults.ts`, with `over` applied; request ids are unique. */
@@ -36,6 +60,21 @@ export function usageRecordAt(defaults: Pick<UsageRecord, 'ts' | 'keyId'>, over:
     ...defaults, requestId: `req_${sequence}`, endpoint: 'messages', model: 'claude-haiku-4-5', status: 200,
     inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 33, latencyMs: 100,
     cached: false, streamed: false, outcome: 'ok', ...over,
+  };
+}
+
+/**
+ * What the report-exactness checks fill with random records: three and a half days around `t`
+ * (aligned to nothing), four keys, three models. Spread it into randomUsageRecords' and
+ * randomReportQuery's options.
+ */
+export function randomUsageSpan(t: number): { start: number; end: number; keys: string[]; models: string[] } {
+  const HOUR = 3_600_000;
+  return {
+    start: t - 36 * HOUR - 1234,
+    end: t + 48 * HOUR + 777,
+    keys: ['key_a', 'key_b', 'key_c', 'key_d'],
+    models: ['claude-haiku-4-5', 'claude-sonnet-4-6', 'claude-opus-4-6'],
   };
 }
 
@@ -99,18 +138,27 @@ export function randomReportQuery(
 }
 
 /**
- * A TCP proxy on a loopback port in front of `target` (host:port), for taking a server away
- * from a client and giving it back: `down()` stops listening and cuts every open connection (the
- * client sees resets, then refused connections), `up()` listens on the same port again.
- * `dropReplies(true)` keeps forwarding what the client sends but swallows what the server
- * answers, so that a test can let a statement commit while its reply is lost.
+ * A TCP proxy on a loopback port in front of `target` (host:port), for outage tests that take a
+ * server away from its clients without stopping it:
+ * - `down()` stops listening and cuts every open connection (the client sees resets, then
+ *   refused connections); `up()` listens on the same port again (while up, it only ends a hang).
+ * - `hang()` keeps every connection open but forwards nothing either way, on connections opened
+ *   meanwhile too (a server that stopped answering); `resume()` forwards again, nothing lost.
+ * - `dropReplies(true)` keeps forwarding what the client sends but swallows what the server
+ *   answers, so that a test can let a statement commit while its reply is lost.
+ * - `close()`: down for good (safe to call whatever state it is in, and again).
  */
 export interface TcpProxy {
+  /** The port clients connect to; the same across down() and up(). */
   readonly port: number;
   /** The connections currently open through the proxy. */
   readonly connections: number;
+  /** The proxy's address as a URL, e.g. redis://127.0.0.1:40123 for a Redis target. */
+  url(scheme: string): string;
   down(): Promise<void>;
   up(): Promise<void>;
+  hang(): void;
+  resume(): void;
   dropReplies(drop: boolean): void;
   close(): Promise<void>;
 }
@@ -118,6 +166,7 @@ export interface TcpProxy {
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   let dropping = false;
+  let hung = false;
   const server = createServer((client) => {
     const upstream = connect(target.port, target.host);
     for (const socket of [client, upstream]) {
@@ -133,6 +182,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     upstream.on('data', (chunk: Buffer) => {
       if (!dropping) client.write(chunk);
     });
+    if (hung) for (const socket of [client, upstream]) socket.pause();
   });
   const listen = (port: number) => new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -143,26 +193,34 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   });
   await listen(0);
   const port = (server.address() as AddressInfo).port;
-  const cut = () => {
+  const resume = () => {
+    hung = false;
+    for (const socket of sockets) socket.resume();
+  };
+  const down = async () => {
+    const closed = server.listening ? new Promise<void>((resolve) => server.close(() => resolve())) : undefined;
     for (const socket of sockets) socket.destroy();
+    await closed;
   };
   return {
     port,
     get connections() {
       return sockets.size / 2;
     },
-    async down() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      cut();
-      await closed;
+    url: (scheme) => `${scheme}://127.0.0.1:${port}`,
+    down,
+    async up() {
+      resume();
+      if (!server.listening) await listen(port);
     },
-    up: () => listen(port),
+    hang() {
+      hung = true;
+      for (const socket of sockets) socket.pause();
+    },
+    resume,
     dropReplies(drop) {
       dropping = drop;
     },
-    async close() {
-      cut();
-      if (server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    close: down,
   };
 }

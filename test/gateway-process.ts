@@ -3,24 +3,13 @@
  * loopback port, and the other CLI commands as child processes.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { freePort } from './ports.ts';
 
 /** The Node running the tests (the project's Node 24), for the gateway processes too. */
 const NODE = process.execPath;
 /** The checkout, wherever it was cloned: the processes run its src/cli.ts. */
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export interface GatewayProcess {
   child: ChildProcess;

@@ -6,9 +6,9 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { RedisKeyChangeSignal } from '../src/redis-key-changes.ts';
+import { startTcpProxy, type TcpProxy } from './fixtures.ts';
 import { capturedLogger } from './limits-redis-helpers.ts';
 import { REDIS_URL, services, testRedisPrefix } from './services.ts';
-import { startTcpProxy, type TcpProxy } from './tcp-proxy.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -42,7 +42,7 @@ describe.skipIf(!services.redis)('RedisKeyChangeSignal', () => {
 
   afterEach(async () => {
     await Promise.all(opened.splice(0).map((s) => s.close()));
-    await Promise.all(proxies.splice(0).map((p) => p.stop()));
+    await Promise.all(proxies.splice(0).map((p) => p.close()));
   });
 
   it('a publish on one instance reaches every subscriber on the channel within a second', async () => {
@@ -71,11 +71,11 @@ describe.skipIf(!services.redis)('RedisKeyChangeSignal', () => {
     await publisher.publish();
     await reaches(() => heard, 1, 1000);
 
-    await p.stop();
+    await p.down();
     await publisher.publish(); // lost: nobody listening through the proxy
     await sleep(100);
     expect(heard).toBe(1);
-    await p.start();
+    await p.up();
     // The reconnect itself counts as a change (one may have been missed), told once the
     // channel is subscribed again: a publish from then on is heard.
     await reaches(() => heard, 2, 3000);
@@ -86,7 +86,7 @@ describe.skipIf(!services.redis)('RedisKeyChangeSignal', () => {
   it('publishing while Redis is away neither throws nor hangs, and logs', async () => {
     const p = await proxy();
     const signal = await open(p.url('redis'));
-    await p.stop();
+    await p.down();
     await sleep(50);
     const started = Date.now();
     await signal.publish();
@@ -99,9 +99,9 @@ describe.skipIf(!services.redis)('RedisKeyChangeSignal', () => {
 
   it('open() fails when Redis is not reachable; close() quits both connections', async () => {
     const p = await proxy();
-    await p.stop();
+    await p.down();
     await expect(RedisKeyChangeSignal.open(p.url('redis'), { logger })).rejects.toThrow(/is not reachable/);
-    await p.start();
+    await p.up();
     const signal = await open(p.url('redis'));
     await signal.subscribe(() => {});
     await signal.close();

@@ -13,6 +13,7 @@ import { RedisRateLimiter } from '../src/limits/redis.ts';
 import type { Admission, RateLimiter, ReadBuckets } from '../src/limits/types.ts';
 import { createLogger } from '../src/logger.ts';
 import type { BudgetBucket, KeyRecord } from '../src/store/types.ts';
+import { keyRecord } from './fixtures.ts';
 import { deleteKeys } from './limits-redis-helpers.ts';
 import { REDIS_URL, services, testRedisPrefix } from './services.ts';
 
@@ -21,25 +22,6 @@ const HOUR = 60 * MINUTE;
 /** A minute boundary (midnight UTC), so bucket arithmetic stays readable. */
 const T0 = Date.UTC(2026, 0, 1);
 const M0 = T0 / MINUTE;
-
-function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
-  return {
-    id: 'key_test',
-    name: 'test',
-    hash: 'ab'.repeat(32),
-    preview: 'sk-cc-...abcd',
-    budgetTokens: 1_000_000,
-    windowSeconds: 3600,
-    rpm: 1000,
-    concurrent: 1000,
-    models: null,
-    expiresAt: null,
-    disabled: false,
-    createdAt: T0,
-    updatedAt: T0,
-    ...over,
-  };
-}
 
 const SOFT = { checkBudget: true, reserveTokens: 0 };
 const strict = (reserveTokens: number) => ({ checkBudget: true, reserveTokens });

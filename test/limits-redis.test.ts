@@ -5,7 +5,6 @@
  * per-key state carries TTLs; and an outage (Redis gone, or hung) fails fast with a 503 or
  * passes unmetered when failing open, never crashes, and heals when Redis returns.
  */
-import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { LimitsUnavailableError, RateLimitError } from '../src/errors.ts';
@@ -13,32 +12,17 @@ import { describeRedis } from '../src/limits/redis-client.ts';
 import { RedisRateLimiter, type RedisRateLimiterOptions } from '../src/limits/redis.ts';
 import type { ReadBuckets } from '../src/limits/types.ts';
 import type { KeyRecord } from '../src/store/types.ts';
+import { keyRecord as fixtureKey, startTcpProxy, type TcpProxy } from './fixtures.ts';
 import { capturedLogger, deleteKeys, keysUnder } from './limits-redis-helpers.ts';
+import { freePort } from './ports.ts';
 import { REDIS_URL, services, testRedisPrefix } from './services.ts';
-import { startTcpProxy, type TcpProxy } from './tcp-proxy.ts';
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
 const SOFT = { checkBudget: true, reserveTokens: 0 };
 
-function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
-  return {
-    id: 'key_redis',
-    name: 'test',
-    hash: 'ab'.repeat(32),
-    preview: 'sk-cc-...abcd',
-    budgetTokens: 1_000_000,
-    windowSeconds: 3600,
-    rpm: 1000,
-    concurrent: 1000,
-    models: null,
-    expiresAt: null,
-    disabled: false,
-    createdAt: 0,
-    updatedAt: 0,
-    ...over,
-  };
-}
+/** The fixture key under its own id, which the Redis key names below spell out. */
+const keyRecord = (over: Partial<KeyRecord> = {}): KeyRecord => fixtureKey({ id: 'key_redis', ...over });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -236,8 +220,8 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
         const read = vi.fn<ReadBuckets>(async () => [{ keyId: key.id, minute: Math.floor((now - 10 * MINUTE) / MINUTE), tokens: 300 }]);
         await limiter.load(read, now - HOUR);
         await deleteKeys(prefix); // a restart without persistence…
-        await proxy.stop(); // …drops every connection
-        await proxy.start();
+        await proxy.down(); // …drops every connection
+        await proxy.up();
         const { value } = await eventually(async () => {
           const status = await limiter.budget(key, now);
           if (status.used !== 300) throw new Error(`used ${status.used}`);
@@ -246,7 +230,7 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
         expect(value.used).toBe(300);
         expect(read).toHaveBeenCalledTimes(2);
       } finally {
-        await proxy.stop();
+        await proxy.close();
       }
     });
   });
@@ -300,11 +284,11 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
     });
 
     afterAll(async () => {
-      await proxy.stop();
+      await proxy.close();
     });
 
     it('fails fast with a 503 (or unmetered when failing open), never crashes, and heals by itself', async () => {
-      await proxy.start();
+      await proxy.up();
       const prefix = testRedisPrefix('limits');
       const closed = await open({ prefix, url: proxy.url('redis') });
       const failOpen = await open({ prefix, url: proxy.url('redis'), failOpen: true });
@@ -314,7 +298,7 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
       const beforeOpen = await failOpen.admit(openKey, Date.now(), SOFT);
       const warnings = lines.length;
 
-      await proxy.stop();
+      await proxy.down();
       await sleep(50);
       let started = Date.now();
       const err = await closed.admit(key, Date.now(), SOFT).then(() => undefined, (e: unknown) => e);
@@ -343,7 +327,7 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
       // Redis back: the same limiters work again, without being re-created. The finish sent
       // during the outage is sent again: the slot is freed (well before its 30 s lease would
       // expire) and the 10 tokens billed.
-      await proxy.start();
+      await proxy.up();
       started = Date.now();
       const { value } = await eventually(() => closed.admit(key, Date.now(), SOFT), 5000);
       value.finish(0);
@@ -356,7 +340,7 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
     });
 
     it('a Redis that stops answering fails the admission within the command timeout, and the refused request keeps no slot', async () => {
-      await proxy.start();
+      await proxy.up();
       const limiter = await open({ url: proxy.url('redis') });
       const key = keyRecord({ concurrent: 1 });
       (await limiter.admit(key, Date.now(), SOFT)).finish(0);
@@ -377,7 +361,7 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
     });
 
     it('open() fails quickly, naming the Redis, when nothing listens', async () => {
-      const port = await closedPort();
+      const port = await freePort(); // freed again: nothing listens on it
       const started = Date.now();
       await expect(RedisRateLimiter.open(`redis://:pw@127.0.0.1:${port}`, { logger, failOpen: false, leaseTtlMs: 30_000 })).rejects.toThrow(
         `Redis 127.0.0.1:${port} is not reachable`,
@@ -390,13 +374,4 @@ describe.skipIf(!services.redis)('RedisRateLimiter', () => {
 function redisTarget(): { host: string; port: number } {
   const url = new URL(REDIS_URL);
   return { host: url.hostname, port: Number(url.port || 6379) };
-}
-
-/** A port nothing listens on (just freed). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }

@@ -3,36 +3,17 @@
  * (rpm sliding window, concurrency, rolling token budget incl. strict reservations) driven by
  * explicit clock values.
  */
-import { thrownBy } from './helpers.ts';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { InvalidRequestError, RateLimitError } from '../src/errors.ts';
 import { formatWait, formatWindow } from '../src/limits/format.ts';
 import { Limits } from '../src/limits/memory.ts';
-import type { KeyRecord } from '../src/store/types.ts';
+import { keyRecord } from './fixtures.ts';
+import { thrownBy } from './helpers.ts';
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
 /** A minute boundary (midnight UTC), so bucket arithmetic stays readable. */
 const T0 = Date.UTC(2026, 0, 1);
-
-function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
-  return {
-    id: 'key_test',
-    name: 'test',
-    hash: 'ab'.repeat(32),
-    preview: 'sk-cc-...abcd',
-    budgetTokens: 1_000_000,
-    windowSeconds: 3600,
-    rpm: 1000,
-    concurrent: 1000,
-    models: null,
-    expiresAt: null,
-    disabled: false,
-    createdAt: T0,
-    updatedAt: T0,
-    ...over,
-  };
-}
 
 const SOFT = { checkBudget: true, reserveTokens: 0 };
 

@@ -17,7 +17,7 @@ import { createLogger } from '../src/logger.ts';
 import { describeDatabaseUrl, PostgresStore, type PostgresOptions } from '../src/store/postgres.ts';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/postgres-schema.ts';
 import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
-import { randomReportQuery, randomUsageRecords, seededRandom, startTcpProxy, usageRecordAt, type TcpProxy } from './fixtures.ts';
+import { randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, startTcpProxy, usageRecordAt, type TcpProxy } from './fixtures.ts';
 import { createTestDatabase, POSTGRES_ADMIN_URL, services } from './services.ts';
 
 const HOUR = 3_600_000;
@@ -215,10 +215,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
 
   describe('reports from the rollups', () => {
     const rand = seededRandom(20260311);
-    const START = T - 36 * HOUR - 1234; // three and a half days of rows, not aligned to anything
-    const END = T + 48 * HOUR + 777;
-    const KEYS = ['key_a', 'key_b', 'key_c', 'key_d'];
-    const MODELS = ['claude-haiku-4-5', 'claude-sonnet-4-6', 'claude-opus-4-6'];
+    const span = randomUsageSpan(T);
     let records: UsageRecord[];
     let url: string;
     let stores: PostgresStore[];
@@ -227,7 +224,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     beforeAll(async () => {
       url = await freshDatabase('pg_rollup');
       stores = await Promise.all([0, 1, 2].map(() => PostgresStore.open(url, { logger: silent() })));
-      records = randomUsageRecords(rand, { count: 4000, start: START, end: END, keys: KEYS, models: MODELS });
+      records = randomUsageRecords(rand, { count: 4000, ...span });
       // Out of time order, in batches of every size, three stores writing at once: the rollups
       // merge rows across batches and across concurrent writers into the same groups.
       const batches: UsageRecord[][] = [];
@@ -255,7 +252,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     it('equals the raw aggregate for random ranges, groupings and keys', async () => {
       let nonEmpty = 0;
       for (let i = 0; i < 400; i++) {
-        const query = randomReportQuery(rand, { start: START, end: END, keys: KEYS, records });
+        const query = randomReportQuery(rand, { ...span, records });
         const expected = await rawReport(raw, query);
         expect(await stores[i % 3]!.usageReport(query), JSON.stringify(query)).toEqual(expected);
         if (expected.length) nonEmpty++;

@@ -2,17 +2,17 @@
  * The SQLite store's schema and reports: reports served from the daily and hourly rollups equal
  * one plain aggregate over the raw rows for any range, grouping and key; coalesced records count
  * as the requests they stand for; files created by the store before it was versioned migrate
- * cleanly; stores opening one fresh file at once do not race.
+ * cleanly; stores opening one fresh file at once do not race. (What every store does — budget
+ * bucket filters, a coalesced record in store and admin reports — is the contract suite's,
+ * store.test.ts.)
  */
 import { join } from 'node:path';
 import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ModelCatalog } from '../src/catalog.ts';
-import { usageReport } from '../src/reports.ts';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/schema.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { UsageGrouping, UsageOutcome, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
-import { seededRandom, tempDirs, usageRecordAt } from './fixtures.ts';
+import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
+import { randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, tempDirs, usageRecordAt } from './fixtures.ts';
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
@@ -45,30 +45,16 @@ function rawReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {
 
 describe('usage reports from the rollups', () => {
   const rand = random(20260310);
-  const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
-  const START = T - 36 * HOUR - 1234; // three and a half days of rows, not aligned to anything
-  const END = T + 48 * HOUR + 777;
-  const KEYS = ['key_a', 'key_b', 'key_c', 'key_d'];
-  const MODELS = ['claude-haiku-4-5', 'claude-sonnet-4-6', 'claude-opus-4-6'];
-  const OUTCOMES: UsageOutcome[] = ['ok', 'ok', 'ok', 'error', 'rejected', 'client_closed', 'upstream_cut'];
-  const records: UsageRecord[] = [];
+  const span = randomUsageSpan(T);
+  let records: UsageRecord[];
   let store: SqliteStore;
   let raw: DatabaseSync;
 
   beforeAll(async () => {
     const dir = tempDir();
     store = new SqliteStore(dir);
-    for (let i = 0; i < 4000; i++) {
-      // Rows pile up on the hour and day boundaries too, where off-by-one errors would show.
-      const ts = rand() < 0.15 ? Math.round((START + rand() * (END - START)) / HOUR) * HOUR + pick([-1, 0, 0, 1]) : START + Math.floor(rand() * (END - START));
-      const requests = rand() < 0.2 ? 1 + Math.floor(rand() * 6) : rand() < 0.5 ? undefined : 1;
-      records.push(usage({
-        ts, keyId: pick(KEYS), model: pick(MODELS), status: pick([200, 200, 200, 400, 429, 500, 529]), outcome: pick(OUTCOMES),
-        inputTokens: Math.floor(rand() * 5000), outputTokens: Math.floor(rand() * 900), cacheCreationTokens: Math.floor(rand() * 50),
-        cacheReadTokens: Math.floor(rand() * 300), billedTokens: Math.floor(rand() * 7000), latencyMs: Math.floor(rand() * 9000),
-        cached: rand() < 0.1, streamed: rand() < 0.5, ...(requests === undefined ? {} : { requests }),
-      }));
-    }
+    // Rows pile up on the hour and day boundaries too, where off-by-one errors would show.
+    records = randomUsageRecords(rand, { count: 4000, ...span });
     // Out of time order, in batches of every size: the rollups merge rows across batches.
     for (let i = 0; i < records.length; ) {
       const size = 1 + Math.floor(rand() * 400);
@@ -83,25 +69,9 @@ describe('usage reports from the rollups', () => {
   });
 
   it('equals the raw aggregate for random ranges, groupings and keys', async () => {
-    const edge = (): number | undefined => {
-      const kind = rand();
-      if (kind < 0.15) return undefined;
-      if (kind < 0.35) return Math.round((START + rand() * (END - START)) / HOUR) * HOUR + pick([-1, 0, 1]); // an hour boundary
-      if (kind < 0.5) return Math.round((START + rand() * (END - START)) / DAY) * DAY + pick([-1, 0, 1]); // a day boundary
-      if (kind < 0.65) return pick(records).ts + pick([0, 1]); // a row's own time
-      return Math.floor(START - 2 * HOUR + rand() * (END - START + 4 * HOUR));
-    };
     let nonEmpty = 0;
     for (let i = 0; i < 400; i++) {
-      const [a, b] = [edge(), edge()];
-      // Mostly ordered ranges; now and then a reversed (empty) one.
-      const [sinceMs, untilMs] = a !== undefined && b !== undefined && a > b && rand() < 0.9 ? [b, a] : [a, b];
-      const query: UsageQuery = {
-        by: pick(['model', 'key', 'day'] as const),
-        ...(sinceMs === undefined ? {} : { sinceMs }),
-        ...(untilMs === undefined ? {} : { untilMs }),
-        ...(rand() < 0.4 ? { keyId: pick([...KEYS, 'key_none']) } : {}),
-      };
+      const query = randomReportQuery(rand, { ...span, records });
       const expected = rawReport(raw, query);
       expect(await store.usageReport(query), JSON.stringify(query)).toEqual(expected);
       if (expected.length) nonEmpty++;
@@ -116,58 +86,6 @@ describe('usage reports from the rollups', () => {
     expect(all.requests).toBeGreaterThan(records.length);
     const partial = sums(await store.usageReport({ by: 'key', sinceMs: T + 1, untilMs: T + 2 * HOUR - 1 }));
     expect(partial.requests).toBe(records.filter((r) => r.ts >= T + 1 && r.ts < T + 2 * HOUR - 1).reduce((n, r) => n + (r.requests ?? 1), 0));
-  });
-});
-
-describe('coalesced records', () => {
-  it('count as the requests they stand for in store and admin reports', async () => {
-    const store = new SqliteStore(tempDir());
-    try {
-      await store.insertUsage([
-        usage({ keyId: 'key_c', ts: T + 5_000 }),
-        // Five refusals in one minute, coalesced: latency is their sum, tokens zero.
-        usage({ keyId: 'key_c', ts: T + 10_000, status: 429, outcome: 'rejected', requests: 5, latencyMs: 15, inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 }),
-        usage({ keyId: 'key_c', ts: T + 20_000, cached: true, requests: 3, latencyMs: 30, billedTokens: 0 }),
-      ]);
-      const expected = { group: 'key_c', model: 'claude-haiku-4-5', requests: 9, errors: 5, cachedRequests: 3, totalLatencyMs: 145 };
-      // Whole hour (rollups), and a partial hour (raw rows).
-      expect(await store.usageReport({ by: 'key' })).toMatchObject([expected]);
-      expect(await store.usageReport({ by: 'key', sinceMs: T + 1, untilMs: T + 60_000 })).toMatchObject([{ ...expected, requests: 9 }]);
-      const report = await usageReport(store, new ModelCatalog([]), { by: 'key' });
-      expect(report.rows).toMatchObject([{ group: 'key_c', requests: 9, errors: 5, cached_requests: 3, avg_latency_ms: Math.round(145 / 9) }]);
-    } finally {
-      await store.close();
-    }
-  });
-});
-
-describe('budgetBuckets filters', () => {
-  it('narrows to one key and to [since, until)', async () => {
-    const store = new SqliteStore(tempDir());
-    try {
-      await store.insertUsage([
-        usage({ keyId: 'key_x', ts: T, billedTokens: 1 }),
-        usage({ keyId: 'key_x', ts: T + 60_000, billedTokens: 2 }),
-        usage({ keyId: 'key_x', ts: T + 120_000, billedTokens: 4 }),
-        usage({ keyId: 'key_y', ts: T + 60_000, billedTokens: 8 }),
-      ]);
-      const minute = T / 60_000;
-      const sorted = (buckets: { keyId: string; minute: number }[]) => [...buckets].sort((a, b) => a.keyId.localeCompare(b.keyId) || a.minute - b.minute);
-      expect(sorted(await store.budgetBuckets(T))).toHaveLength(4);
-      expect(sorted(await store.budgetBuckets(T, { keyId: 'key_x' }))).toEqual([
-        { keyId: 'key_x', minute, tokens: 1 },
-        { keyId: 'key_x', minute: minute + 1, tokens: 2 },
-        { keyId: 'key_x', minute: minute + 2, tokens: 4 },
-      ]);
-      expect(sorted(await store.budgetBuckets(T + 1, { untilMs: T + 120_000 }))).toEqual([
-        { keyId: 'key_x', minute: minute + 1, tokens: 2 },
-        { keyId: 'key_y', minute: minute + 1, tokens: 8 },
-      ]);
-      expect(await store.budgetBuckets(T, { keyId: 'key_y', untilMs: T + 60_000 })).toEqual([]);
-      expect(await store.budgetBuckets(T, { keyId: 'key_none' })).toEqual([]);
-    } finally {
-      await store.close();
-    }
   });
 });
 

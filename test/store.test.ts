@@ -14,11 +14,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ModelCatalog } from '../src/catalog.ts';
 import { createLogger } from '../src/logger.ts';
+import { usageReport } from '../src/reports.ts';
 import { PostgresStore } from '../src/store/postgres.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { KeyRecord, Store, UsageRecord } from '../src/store/types.ts';
-import { tempDirs } from './fixtures.ts';
+import { tempDirs, usageRecordAt } from './fixtures.ts';
 import { createTestDatabase, services } from './services.ts';
 
 const DAY = 86_400_000;
@@ -82,14 +84,7 @@ function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
   };
 }
 
-function usage(over: Partial<UsageRecord> = {}): UsageRecord {
-  n++;
-  return {
-    ts: T, keyId: 'key_u1', requestId: `req_${n}`, endpoint: 'messages', model: 'claude-haiku-4-5', status: 200,
-    inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 33, latencyMs: 100,
-    cached: false, streamed: false, outcome: 'ok', ...over,
-  };
-}
+const usage = (over: Partial<UsageRecord> = {}): UsageRecord => usageRecordAt({ ts: T, keyId: 'key_u1' }, over);
 
 describe.each(IMPLEMENTATIONS)('$name', (impl) => {
   describe.skipIf(!impl.available)('the Store contract', () => {
@@ -319,7 +314,7 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         expect(await store.budgetBuckets(T, { keyId: 'key_none' })).toEqual([]);
       });
 
-      it('counts coalesced records as the requests they stand for, over whole hours and partial ones', async () => {
+      it('counts coalesced records as the requests they stand for, over whole hours and partial ones, in store and admin reports', async () => {
         await store.insertUsage([
           usage({ keyId: 'key_c', ts: T + 5_000 }),
           // Five refusals in one minute, coalesced: latency is their sum, tokens zero.
@@ -329,6 +324,8 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         const expected = { group: 'key_c', model: 'claude-haiku-4-5', requests: 9, errors: 5, cachedRequests: 3, totalLatencyMs: 145 };
         expect(await store.usageReport({ by: 'key', keyId: 'key_c' })).toMatchObject([expected]);
         expect(await store.usageReport({ by: 'key', keyId: 'key_c', sinceMs: T + 1, untilMs: T + 60_000 })).toMatchObject([expected]);
+        const report = await usageReport(store, new ModelCatalog([]), { by: 'key', keyId: 'key_c' });
+        expect(report.rows).toMatchObject([{ group: 'key_c', requests: 9, errors: 5, cached_requests: 3, avg_latency_ms: Math.round(145 / 9) }]);
       });
 
       it('orders report rows by group, then model, bytewise', async () => {

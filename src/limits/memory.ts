@@ -2,11 +2,11 @@
  * Per-key limits in process, the embedded default's RateLimiter: requests per minute (sliding
  * log), requests in flight, and a token budget over a rolling window (one-minute buckets).
  * `Limits` is the synchronous core (its own unit tests drive it with an injected clock);
- * `MemoryRateLimiter` puts it behind the RateLimiter seam (types.ts).
+ * `MemoryRateLimiter` puts it behind the RateLimiter seam (types.ts). What a refusal says, and
+ * the headers of an admission, are worded in refusals.ts, the same for the Redis limiter.
  */
-import { InvalidRequestError, RateLimitError } from '../errors.ts';
 import type { BudgetBucket, KeyRecord } from '../store/types.ts';
-import { formatWait } from './format.ts';
+import { admittedHeaders, budgetRefusal, checkWholeBudget, concurrencyRefusal, reservedRefusal, rpmRefusal } from './refusals.ts';
 import type { Admission, AdmitOptions, BudgetStatus, RateLimiter, ReadBuckets } from './types.ts';
 
 const MINUTE_MS = 60_000;
@@ -101,15 +101,6 @@ class TokenLedger {
   }
 }
 
-/** X-RateLimit-*-Tokens: the key's budget, what is left of it, and when it next grows. */
-function tokenHeaders(key: KeyRecord, remaining: number, resetAt: number): Record<string, string> {
-  return {
-    'x-ratelimit-limit-tokens': String(key.budgetTokens),
-    'x-ratelimit-remaining-tokens': String(Math.max(0, remaining)),
-    'x-ratelimit-reset-tokens': String(Math.ceil(resetAt / 1000)),
-  };
-}
-
 export class Limits {
   private readonly logs = new Map<string, RequestLog>();
   private readonly inFlight = new Map<string, number>();
@@ -195,34 +186,12 @@ export class Limits {
   private checkBudget(key: KeyRecord, ledger: TokenLedger, now: number, wanted: number): void {
     const windowMs = key.windowSeconds * 1000;
     const used = ledger.used(now, windowMs);
-    if (wanted > key.budgetTokens) {
-      // Waiting would never help, so this is not a 429 an SDK would retry.
-      throw new InvalidRequestError(
-        `This request may use up to ${wanted} tokens (max_tokens plus an input bound), more than this key's whole budget of ${key.budgetTokens}. Lower max_tokens.`,
-      );
-    }
+    checkWholeBudget(key, wanted);
     const refused = wanted > 0 ? used + ledger.reserved + wanted > key.budgetTokens : used >= key.budgetTokens;
     if (!refused) return;
-    const budgetHeaders = (wait: number) => ({
-      'x-ratelimit-limit': String(key.budgetTokens),
-      'x-ratelimit-remaining': String(Math.max(0, key.budgetTokens - used)),
-      'x-ratelimit-reset': String(Math.ceil((now + wait) / 1000)),
-      ...tokenHeaders(key, key.budgetTokens - used, now + wait),
-    });
-    if (wanted > 0 && used + wanted <= key.budgetTokens) {
-      // Only other requests' reservations are in the way: they end soon, the window need not move.
-      throw new RateLimitError(
-        `Token budget exceeded: requests in flight hold ${ledger.reserved} of the ${key.budgetTokens - used} tokens left. Retry when they finish.`,
-        1,
-        budgetHeaders(1000),
-      );
-    }
-    const freesAt = ledger.freesAt(now, windowMs, key.budgetTokens - Math.max(1, wanted));
-    const wait = Math.max(1000, Math.min(windowMs, freesAt - now));
-    const detail = wanted > 0 && used < key.budgetTokens
-      ? ` This request may use up to ${wanted} tokens (max_tokens plus an input bound) and ${key.budgetTokens - used} remain.`
-      : '';
-    throw new RateLimitError(`Token budget exceeded.${detail} Resets in ${formatWait(wait)}.`, wait / 1000, budgetHeaders(wait));
+    // Only other requests' reservations in the way: they end soon, the window need not move.
+    if (wanted > 0 && used + wanted <= key.budgetTokens) throw reservedRefusal(key, now, used, ledger.reserved);
+    throw budgetRefusal(key, now, wanted, used, ledger.freesAt(now, windowMs, key.budgetTokens - Math.max(1, wanted)));
   }
 
   /** Checks every limit for one request and takes its place, or throws RateLimitError. */
@@ -234,43 +203,21 @@ export class Limits {
     const used = ledger.used(now, windowMs);
 
     const inFlight = this.inFlightCount(key.id);
-    if (inFlight >= key.concurrent) {
-      throw new RateLimitError(
-        `Too many concurrent requests: this key allows ${key.concurrent} at a time.`,
-        1,
-        {
-          'x-ratelimit-limit': String(key.concurrent),
-          'x-ratelimit-remaining': '0',
-          'x-ratelimit-reset': String(Math.ceil(now / 1000) + 1),
-        },
-      );
-    }
+    if (inFlight >= key.concurrent) throw concurrencyRefusal(key, now);
 
     const log = this.log(key.id);
     const recent = log.count(now);
-    if (recent >= key.rpm) {
-      const resetAt = log.nextExpiry(now);
-      throw new RateLimitError(
-        `Rate limit exceeded: this key allows ${key.rpm} requests per minute.`,
-        (resetAt - now) / 1000,
-        {
-          'x-ratelimit-limit': String(key.rpm),
-          'x-ratelimit-remaining': '0',
-          'x-ratelimit-reset': String(Math.ceil(resetAt / 1000)),
-        },
-      );
-    }
+    if (recent >= key.rpm) throw rpmRefusal(key, now, log.nextExpiry(now));
 
     log.push(now);
     this.inFlight.set(key.id, inFlight + 1);
     ledger.reserved += reserveTokens;
-    const remainingTokens = key.budgetTokens - used;
-    const headers = {
-      'x-ratelimit-limit': String(key.rpm),
-      'x-ratelimit-remaining': String(key.rpm - recent - 1),
-      'x-ratelimit-reset': String(Math.ceil(log.nextExpiry(now) / 1000)),
-      ...tokenHeaders(key, remainingTokens, Math.min(ledger.oldestExpiry(windowMs) ?? now + windowMs, now + windowMs)),
-    };
+    const headers = admittedHeaders(key, now, {
+      recent,
+      rpmResetAt: log.nextExpiry(now),
+      used,
+      oldestTokensAt: ledger.oldestExpiry(windowMs),
+    });
 
     let finished = false;
     let reserved = reserveTokens;

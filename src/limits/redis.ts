@@ -37,12 +37,12 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { ReplyError } from 'ioredis';
-import { InvalidRequestError, LimitsUnavailableError, RateLimitError } from '../errors.ts';
+import { LimitsUnavailableError, type RateLimitError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import type { BudgetBucket, KeyRecord } from '../store/types.ts';
-import { formatWait } from './format.ts';
 import { connectRedis, describeRedis, quitRedis, throttled, type Redis } from './redis-client.ts';
 import { ADD_OLDER, ADMIT, BUDGET, FINISH, REFRESH, RESERVE, SWAP_MARKER } from './redis-scripts.ts';
+import { admittedHeaders, budgetRefusal, checkWholeBudget, concurrencyRefusal, reservedRefusal, rpmRefusal } from './refusals.ts';
 import type { Admission, AdmitOptions, BudgetStatus, RateLimiter, ReadBuckets } from './types.ts';
 
 const MINUTE_MS = 60_000;
@@ -128,68 +128,12 @@ function unmetered(): Admission {
   return { headers: {}, reserve: () => {}, finish: () => {} };
 }
 
-/*
- * The wording and headers of refusals: the same as memory.ts's, built from the numbers a script
- * returns. (memory.ts builds them inline from its ledger; both are held to the same text by the
- * contract suite.)
+/**
+ * The 429 for a budget refusal, in the wording memory.ts uses too (refusals.ts), from a script's
+ * reply: {1, used, reserved} (reservations in the way) or {2, used, freesAt}.
  */
-
-/** X-RateLimit-*-Tokens: the key's budget, what is left of it, and when it next grows. */
-function tokenHeaders(key: KeyRecord, remaining: number, resetAt: number): Record<string, string> {
-  return {
-    'x-ratelimit-limit-tokens': String(key.budgetTokens),
-    'x-ratelimit-remaining-tokens': String(Math.max(0, remaining)),
-    'x-ratelimit-reset-tokens': String(Math.ceil(resetAt / 1000)),
-  };
-}
-
-/** Strict mode: a request whose worst case exceeds the whole budget; waiting never helps. */
-function checkWholeBudget(key: KeyRecord, wanted: number): void {
-  if (wanted > key.budgetTokens) {
-    throw new InvalidRequestError(
-      `This request may use up to ${wanted} tokens (max_tokens plus an input bound), more than this key's whole budget of ${key.budgetTokens}. Lower max_tokens.`,
-    );
-  }
-}
-
-/** The 429 for a budget refusal: reply {1, used, reserved} or {2, used, freesAt}. */
-function budgetRefusal(key: KeyRecord, now: number, wanted: number, reply: number[]): RateLimitError {
-  const used = reply[1]!;
-  const windowMs = key.windowSeconds * 1000;
-  const budgetHeaders = (wait: number) => ({
-    'x-ratelimit-limit': String(key.budgetTokens),
-    'x-ratelimit-remaining': String(Math.max(0, key.budgetTokens - used)),
-    'x-ratelimit-reset': String(Math.ceil((now + wait) / 1000)),
-    ...tokenHeaders(key, key.budgetTokens - used, now + wait),
-  });
-  if (reply[0] === 1) {
-    return new RateLimitError(
-      `Token budget exceeded: requests in flight hold ${reply[2]} of the ${key.budgetTokens - used} tokens left. Retry when they finish.`,
-      1,
-      budgetHeaders(1000),
-    );
-  }
-  const wait = Math.max(1000, Math.min(windowMs, reply[2]! - now));
-  const detail = wanted > 0 && used < key.budgetTokens
-    ? ` This request may use up to ${wanted} tokens (max_tokens plus an input bound) and ${key.budgetTokens - used} remain.`
-    : '';
-  return new RateLimitError(`Token budget exceeded.${detail} Resets in ${formatWait(wait)}.`, wait / 1000, budgetHeaders(wait));
-}
-
-function concurrencyRefusal(key: KeyRecord, now: number): RateLimitError {
-  return new RateLimitError(`Too many concurrent requests: this key allows ${key.concurrent} at a time.`, 1, {
-    'x-ratelimit-limit': String(key.concurrent),
-    'x-ratelimit-remaining': '0',
-    'x-ratelimit-reset': String(Math.ceil(now / 1000) + 1),
-  });
-}
-
-function rpmRefusal(key: KeyRecord, now: number, resetAt: number): RateLimitError {
-  return new RateLimitError(`Rate limit exceeded: this key allows ${key.rpm} requests per minute.`, (resetAt - now) / 1000, {
-    'x-ratelimit-limit': String(key.rpm),
-    'x-ratelimit-remaining': '0',
-    'x-ratelimit-reset': String(Math.ceil(resetAt / 1000)),
-  });
+function budgetRefusalOf(key: KeyRecord, now: number, wanted: number, reply: number[]): RateLimitError {
+  return reply[0] === 1 ? reservedRefusal(key, now, reply[1]!, reply[2]!) : budgetRefusal(key, now, wanted, reply[1]!, reply[2]!);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -326,19 +270,14 @@ export class RedisRateLimiter implements RateLimiter {
     switch (reply[0]) {
       case 1:
       case 2:
-        throw budgetRefusal(key, now, reserveTokens, reply);
+        throw budgetRefusalOf(key, now, reserveTokens, reply);
       case 3:
         throw concurrencyRefusal(key, now);
       case 4:
         throw rpmRefusal(key, now, reply[1]!);
     }
     const [, recent, rpmResetAt, used, oldestTokens] = reply as [number, number, number, number, number];
-    const headers = {
-      'x-ratelimit-limit': String(key.rpm),
-      'x-ratelimit-remaining': String(key.rpm - recent - 1),
-      'x-ratelimit-reset': String(Math.ceil(rpmResetAt / 1000)),
-      ...tokenHeaders(key, key.budgetTokens - used, Math.min(oldestTokens >= 0 ? oldestTokens : now + windowMs, now + windowMs)),
-    };
+    const headers = admittedHeaders(key, now, { recent, rpmResetAt, used, oldestTokensAt: oldestTokens >= 0 ? oldestTokens : null });
     const admission = new RedisAdmission(this, key, keys, id, headers);
     if (!this.closed) {
       this.live.set(id, admission);
@@ -364,7 +303,7 @@ export class RedisRateLimiter implements RateLimiter {
       this.unavailable(err, 'reserve');
       return;
     }
-    if (reply[0] !== 0) throw budgetRefusal(key, now, tokens, reply);
+    if (reply[0] !== 0) throw budgetRefusalOf(key, now, tokens, reply);
   }
 
   /** Admission.finish: one script, fire and forget; a failure is logged, never thrown. */

@@ -17,9 +17,6 @@
  */
 import type pg from 'pg';
 
-export const HOUR_MS = 3_600_000;
-export const DAY_MS = 86_400_000;
-
 /**
  * The advisory lock key migrations run under ("claudc" in ASCII). Advisory locks are per
  * database, so databases on one server never wait on each other.

@@ -10,12 +10,13 @@
  * order, so that instances writing overlapping groups at once take row locks in the same order
  * and cannot deadlock.
  *
- * Reports split [since, until) as the SQLite store does (sqlite-db.ts): whole UTC days from
- * usage_daily, whole hours of the partial days from usage_hourly, raw rows only in the partial
- * hours at the very edges, so that they equal one aggregate over the raw rows exactly.
+ * Reports split [since, until) as the SQLite store does, with the same code (sql-common.ts):
+ * whole UTC days from usage_daily, whole hours of the partial days from usage_hourly, raw rows
+ * only in the partial hours at the very edges, so that they equal one aggregate over the raw
+ * rows exactly.
  */
 import { createHash } from 'node:crypto';
-import { DAY_MS, HOUR_MS } from './postgres-schema.ts';
+import { DAY_MS, groupValues, HOUR_MS, RAW_SUMS, reportSelects, REPORT_SUMS, SUMMED } from './sql-common.ts';
 import type { UsageGrouping, UsageQuery, UsageRecord } from './types.ts';
 
 /** A statement and its parameters ($1, $2, ... in order). */
@@ -47,30 +48,6 @@ const USAGE_COLUMNS = [
   ['cache_creation_tokens', 'bigint'], ['cache_read_tokens', 'bigint'], ['billed_tokens', 'bigint'],
   ['latency_ms', 'bigint'], ['cached', 'boolean'], ['streamed', 'boolean'], ['outcome', 'text'], ['requests', 'int'],
 ] as const;
-
-/** The rollups' summed columns, and the UsageRow field each becomes in a report. */
-const SUMMED_COLUMNS = {
-  requests: 'requests',
-  errors: 'errors',
-  cached_requests: 'cachedRequests',
-  input_tokens: 'inputTokens',
-  output_tokens: 'outputTokens',
-  cache_creation_tokens: 'cacheCreationTokens',
-  cache_read_tokens: 'cacheReadTokens',
-  billed_tokens: 'billedTokens',
-  latency_ms: 'totalLatencyMs',
-} as const;
-const SUMMED = Object.keys(SUMMED_COLUMNS);
-
-/** The rollups' sums over raw usage rows: each row counts as `requests` requests. */
-const RAW_SUMS = `SUM(requests) AS requests,
-  SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
-  SUM(CASE WHEN cached THEN requests ELSE 0 END) AS cached_requests,
-  SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
-  SUM(cache_creation_tokens) AS cache_creation_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
-  SUM(billed_tokens) AS billed_tokens, SUM(latency_ms) AS latency_ms`;
-const ROLLUP_SUMS = SUMMED.map((c) => `SUM(${c}) AS ${c}`).join(', ');
-const REPORT_SUMS = Object.entries(SUMMED_COLUMNS).map(([c, field]) => `SUM(${c}) AS "${field}"`).join(', ');
 
 /** Adds the rows of `inserted` to a rollup, in key order (see the file's comment on deadlocks). */
 function rollUp(table: string, period: string, periodMs: number): string {
@@ -158,47 +135,8 @@ export function budgetBucketsSql(sinceMs: number, options: { keyId?: string; unt
   };
 }
 
-/** The rollups, coarsest first: each is read for the whole periods of what is left of a range. */
-const ROLLUPS = [
-  { table: 'usage_daily', period: 'day', periodMs: DAY_MS },
-  { table: 'usage_hourly', period: 'hour', periodMs: HOUR_MS },
-] as const;
-
-interface ReportPart {
-  table: 'usage' | (typeof ROLLUPS)[number]['table'];
-  column: 'ts' | (typeof ROLLUPS)[number]['period'];
-  /** [from, to) in the column's unit (ms for usage); undefined is unbounded. */
-  from: number | undefined;
-  to: number | undefined;
-}
-
-/**
- * Splits [since, until) into whole periods of each rollup in turn, and raw rows for the rest.
- * (The same split as sqlite-db.ts's; UTC days are whole numbers of hours, so the parts tile the
- * range exactly.)
- */
-function reportParts(since: number | undefined, until: number | undefined, level = 0): ReportPart[] {
-  const rollup = ROLLUPS[level];
-  if (!rollup) {
-    if (since !== undefined && until !== undefined && since >= until) return [];
-    return [{ table: 'usage', column: 'ts', from: since, to: until }];
-  }
-  const first = since === undefined ? undefined : Math.ceil(since / rollup.periodMs);
-  const end = until === undefined ? undefined : Math.floor(until / rollup.periodMs);
-  if (first !== undefined && end !== undefined && first >= end) return reportParts(since, until, level + 1);
-  return [
-    { table: rollup.table, column: rollup.period, from: first, to: end },
-    ...(first === undefined ? [] : reportParts(since, first * rollup.periodMs, level + 1)),
-    ...(end === undefined ? [] : reportParts(end * rollup.periodMs, until, level + 1)),
-  ];
-}
-
-/** Each part yields `g` (the model, the key id, or the UTC day number) and its sums. */
-const GROUP_VALUE: Record<ReportPart['table'], Record<UsageGrouping, string>> = {
-  usage: { model: 'model', key: 'key_id', day: floorDiv('ts', DAY_MS) },
-  usage_hourly: { model: 'model', key: 'key_id', day: floorDiv('hour', 24) },
-  usage_daily: { model: 'model', key: 'key_id', day: 'day' },
-};
+/** Each report part yields a grouping value `g` (sql-common.ts); the outer query labels it. */
+const GROUP_VALUE = groupValues(floorDiv);
 const GROUP_LABEL: Record<UsageGrouping, string> = {
   model: 'g',
   key: 'g',
@@ -210,17 +148,7 @@ const GROUP_ORDER: Record<UsageGrouping, string> = { model: 'g COLLATE "C"', key
 /** The report, or undefined for an empty range. */
 export function usageReportSql(query: UsageQuery): Sql | undefined {
   const p = new Params();
-  const selects: string[] = [];
-  for (const part of reportParts(query.sinceMs, query.untilMs)) {
-    const where: string[] = [];
-    if (query.keyId !== undefined) where.push(`key_id = ${p.add(query.keyId)}`);
-    if (part.from !== undefined) where.push(`${part.column} >= ${p.add(part.from)}`);
-    if (part.to !== undefined) where.push(`${part.column} < ${p.add(part.to)}`);
-    selects.push(
-      `SELECT ${GROUP_VALUE[part.table][query.by]} AS g, model, ${part.table === 'usage' ? RAW_SUMS : ROLLUP_SUMS}
-       FROM ${part.table} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY 1, 2`,
-    );
-  }
+  const selects = reportSelects(query, GROUP_VALUE, (value) => p.add(value));
   if (selects.length === 0) return undefined;
   return {
     text: `SELECT ${GROUP_LABEL[query.by]} AS "group", model, ${REPORT_SUMS}

@@ -26,6 +26,7 @@ import pg from 'pg';
 import type { Logger } from '../logger.ts';
 import { migrate } from './postgres-schema.ts';
 import { budgetBucketsSql, insertUsageSql, usageReportSql, type Sql } from './postgres-usage.ts';
+import { KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, rowToKey, type KeyRow as SqlKeyRow } from './sql-common.ts';
 import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow } from './types.ts';
 
 export interface PostgresOptions {
@@ -100,51 +101,12 @@ export function isConnectionError(err: unknown): boolean {
     /Connection terminated|timeout exceeded when trying to connect|Query read timeout|connection error|not queryable/i.test(message);
 }
 
-interface KeyRow {
-  id: string;
-  name: string;
-  key_hash: string;
-  key_preview: string;
-  budget_tokens: number;
-  window_seconds: number;
-  rpm: number;
-  concurrent: number;
-  models: string[] | null;
-  expires_at: number | null;
-  disabled: boolean;
-  created_at: number;
-  updated_at: number;
-}
+/** A keys row as pg returns it: models as TEXT[], disabled as boolean (sql-common.ts). */
+type KeyRow = SqlKeyRow<string[], boolean>;
 
-function rowToKey(row: KeyRow): KeyRecord {
-  return {
-    id: row.id,
-    name: row.name,
-    hash: row.key_hash,
-    preview: row.key_preview,
-    budgetTokens: row.budget_tokens,
-    windowSeconds: row.window_seconds,
-    rpm: row.rpm,
-    concurrent: row.concurrent,
-    models: row.models,
-    expiresAt: row.expires_at,
-    disabled: row.disabled,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-  };
+function keyFromRow(row: KeyRow): KeyRecord {
+  return rowToKey(row, row.models, row.disabled);
 }
-
-/** The only columns an update may set, by patch field: SQL is never built from a caller's names. */
-const PATCH_COLUMNS: Record<keyof KeyPatch, string> = {
-  name: 'name',
-  budgetTokens: 'budget_tokens',
-  windowSeconds: 'window_seconds',
-  rpm: 'rpm',
-  concurrent: 'concurrent',
-  models: 'models',
-  expiresAt: 'expires_at',
-  disabled: 'disabled',
-};
 
 const BUMP_GENERATION = 'UPDATE keys_generation SET generation = generation + 1';
 
@@ -280,29 +242,27 @@ export class PostgresStore implements Store {
   async createKey(key: KeyRecord): Promise<void> {
     await this.query(
       `WITH created AS (
-         INSERT INTO keys (id, name, key_hash, key_preview, budget_tokens, window_seconds, rpm, concurrent, models, expires_at, disabled, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id
+         INSERT INTO keys (${KEY_COLUMNS.join(', ')})
+         VALUES (${KEY_COLUMNS.map((_, i) => `$${i + 1}`).join(', ')}) RETURNING id
        )
        ${BUMP_GENERATION} WHERE EXISTS (SELECT 1 FROM created)`,
-      [key.id, key.name, key.hash, key.preview, key.budgetTokens, key.windowSeconds, key.rpm, key.concurrent,
-        key.models, key.expiresAt, key.disabled, key.createdAt, key.updatedAt],
+      keyValues(key, key.models, key.disabled),
     );
   }
 
   async getKey(id: string): Promise<KeyRecord | null> {
     const rows = await this.query<KeyRow>('SELECT * FROM keys WHERE id = $1', [id]);
-    return rows[0] ? rowToKey(rows[0]) : null;
+    return rows[0] ? keyFromRow(rows[0]) : null;
   }
 
   async listKeys(): Promise<KeyRecord[]> {
-    return (await this.query<KeyRow>('SELECT * FROM keys ORDER BY created_at, id COLLATE "C"')).map(rowToKey);
+    return (await this.query<KeyRow>('SELECT * FROM keys ORDER BY created_at, id COLLATE "C"')).map(keyFromRow);
   }
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord | null> {
     const values: unknown[] = [];
     const assignments: string[] = [];
-    for (const field of Object.keys(PATCH_COLUMNS) as (keyof KeyPatch)[]) {
-      if (patch[field] === undefined) continue;
+    for (const field of patchedFields(patch)) {
       assignments.push(`${PATCH_COLUMNS[field]} = $${values.push(patch[field])}`);
     }
     assignments.push(`updated_at = $${values.push(Date.now())}`);
@@ -312,7 +272,7 @@ export class PostgresStore implements Store {
        SELECT * FROM updated`,
       values,
     );
-    return rows[0] ? rowToKey(rows[0]) : null;
+    return rows[0] ? keyFromRow(rows[0]) : null;
   }
 
   async deleteKey(id: string): Promise<boolean> {

@@ -9,9 +9,7 @@
  * will not run it again); a change to the schema is a new migration at the end of the list.
  */
 import type { DatabaseSync } from 'node:sqlite';
-
-export const HOUR_MS = 3_600_000;
-export const DAY_MS = 86_400_000;
+import { DAY_MS, HOUR_MS } from './sql-common.ts';
 
 /**
  * A rollup table of usage per (period, key, model), filled from the rows already in usage. Its

@@ -7,11 +7,18 @@
  * Reports read the daily and hourly rollups (schema.ts) for the whole days and hours of a range
  * and raw usage rows only in the partial hours at its edges, so that they cost about the same on
  * a million rows as on a thousand and give exactly what one aggregate over the raw rows would.
+ * That split, the sums and the keys row mapping are shared with the PostgreSQL store
+ * (sql-common.ts); what is SQLite's own (placeholders, integer division, types) is here.
  */
 import { chmodSync, closeSync, constants, mkdirSync, openSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
-import { DAY_MS, HOUR_MS, migrate } from './schema.ts';
+import { migrate } from './schema.ts';
+import {
+  groupValues, KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUPS, rowToKey,
+  SUMMED,
+  type KeyRow as SqlKeyRow,
+} from './sql-common.ts';
 import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageGrouping, UsageQuery, UsageRecord, UsageRow } from './types.ts';
 
 export const DB_FILE = 'claudcode.db';
@@ -28,50 +35,12 @@ export type StoreMethod = Exclude<keyof Store, 'close' | 'description'>;
 /** The Store interface with its promises taken off: what the worker thread calls. */
 export type SyncStore = { [M in StoreMethod]: (...args: Parameters<Store[M]>) => Awaited<ReturnType<Store[M]>> };
 
-interface KeyRow {
-  id: string;
-  name: string;
-  key_hash: string;
-  key_preview: string;
-  budget_tokens: number;
-  window_seconds: number;
-  rpm: number;
-  concurrent: number;
-  models: string | null;
-  expires_at: number | null;
-  disabled: number;
-  created_at: number;
-  updated_at: number;
-}
+/** A keys row as node:sqlite returns it: models as JSON text, disabled as 0 or 1. */
+type KeyRow = SqlKeyRow<string, number>;
 
-function rowToKey(row: KeyRow): KeyRecord {
-  return {
-    id: row.id,
-    name: row.name,
-    hash: row.key_hash,
-    preview: row.key_preview,
-    budgetTokens: row.budget_tokens,
-    windowSeconds: row.window_seconds,
-    rpm: row.rpm,
-    concurrent: row.concurrent,
-    models: row.models === null ? null : (JSON.parse(row.models) as string[]),
-    expiresAt: row.expires_at,
-    disabled: row.disabled === 1,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-  };
+function keyFromRow(row: KeyRow): KeyRecord {
+  return rowToKey(row, row.models === null ? null : (JSON.parse(row.models) as string[]), row.disabled === 1);
 }
-
-const PATCH_COLUMNS: Record<keyof KeyPatch, string> = {
-  name: 'name',
-  budgetTokens: 'budget_tokens',
-  windowSeconds: 'window_seconds',
-  rpm: 'rpm',
-  concurrent: 'concurrent',
-  models: 'models',
-  expiresAt: 'expires_at',
-  disabled: 'disabled',
-};
 
 function toColumnValue(field: keyof KeyPatch, value: unknown): SQLInputValue {
   if (field === 'models') return value === null ? null : JSON.stringify(value);
@@ -100,85 +69,18 @@ function prepareFiles(dataDir: string): string {
   return path;
 }
 
-/**
- * The rollups, coarsest first: a report reads each whole day of its range from usage_daily, each
- * whole hour of the partial days at its edges from usage_hourly, and raw usage rows only in the
- * partial hours at its very edges. Days are UTC days, whole numbers of hours, so the parts tile
- * [since, until) exactly.
- */
-const ROLLUPS = [
-  { table: 'usage_daily', period: 'day', periodMs: DAY_MS },
-  { table: 'usage_hourly', period: 'hour', periodMs: HOUR_MS },
-] as const;
-
-interface ReportPart {
-  table: 'usage' | (typeof ROLLUPS)[number]['table'];
-  column: 'ts' | (typeof ROLLUPS)[number]['period'];
-  /** [from, to) in the table's column's unit (ms for usage); undefined is unbounded. */
-  from: number | undefined;
-  to: number | undefined;
-}
-
-/** Splits [since, until) into whole periods of each rollup in turn, and raw rows for the rest. */
-function reportParts(since: number | undefined, until: number | undefined, level = 0): ReportPart[] {
-  const rollup = ROLLUPS[level];
-  if (!rollup) {
-    if (since !== undefined && until !== undefined && since >= until) return [];
-    return [{ table: 'usage', column: 'ts', from: since, to: until }];
-  }
-  const first = since === undefined ? undefined : Math.ceil(since / rollup.periodMs);
-  const end = until === undefined ? undefined : Math.floor(until / rollup.periodMs);
-  if (first !== undefined && end !== undefined && first >= end) return reportParts(since, until, level + 1);
-  return [
-    { table: rollup.table, column: rollup.period, from: first, to: end },
-    ...(first === undefined ? [] : reportParts(since, first * rollup.periodMs, level + 1)),
-    ...(end === undefined ? [] : reportParts(end * rollup.periodMs, until, level + 1)),
-  ];
-}
-
 /** floor(column / divisor) in SQLite, whose integer division truncates towards zero. */
 function floorDiv(column: string, divisor: number): string {
   return `(${column} / ${divisor} - (${column} % ${divisor} < 0))`;
 }
 
-/**
- * Each part yields a grouping value `g` (the model, the key id, or the UTC day number) and its
- * sums; the outer query adds the parts up per (g, model) and labels g.
- */
-const GROUP_VALUE: Record<ReportPart['table'], Record<UsageGrouping, string>> = {
-  usage: { model: 'model', key: 'key_id', day: floorDiv('ts', DAY_MS) },
-  usage_hourly: { model: 'model', key: 'key_id', day: floorDiv('hour', 24) },
-  usage_daily: { model: 'model', key: 'key_id', day: 'day' },
-};
+/** Each report part yields a grouping value `g` (sql-common.ts); the outer query labels it. */
+const GROUP_VALUE = groupValues(floorDiv);
 const GROUP_LABEL: Record<UsageGrouping, string> = {
   model: 'g',
   key: 'g',
   day: "strftime('%Y-%m-%d', g * 86400, 'unixepoch')",
 };
-
-/** The rollups' summed columns (schema.ts), and the UsageRow field each becomes in a report. */
-const SUMMED_COLUMNS = {
-  requests: 'requests',
-  errors: 'errors',
-  cached_requests: 'cachedRequests',
-  input_tokens: 'inputTokens',
-  output_tokens: 'outputTokens',
-  cache_creation_tokens: 'cacheCreationTokens',
-  cache_read_tokens: 'cacheReadTokens',
-  billed_tokens: 'billedTokens',
-  latency_ms: 'totalLatencyMs',
-} as const satisfies Record<string, Exclude<keyof UsageRow, 'group' | 'model'>>;
-const SUMMED = Object.keys(SUMMED_COLUMNS);
-
-/** The summed columns over raw usage rows, as the rollups hold them (errors, cache hits per request). */
-const RAW_SUMS = `SUM(requests) AS requests,
-  SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
-  SUM(CASE WHEN cached THEN requests ELSE 0 END) AS cached_requests,
-  SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
-  SUM(cache_creation_tokens) AS cache_creation_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
-  SUM(billed_tokens) AS billed_tokens, SUM(latency_ms) AS latency_ms`;
-const ROLLUP_SUMS = SUMMED.map((c) => `SUM(${c}) AS ${c}`).join(', ');
-const REPORT_COLUMNS = Object.entries(SUMMED_COLUMNS).map(([c, field]) => `SUM(${c}) AS ${field}`).join(', ');
 
 /**
  * Adds the batch just inserted (usage ids first..last: the write lock is held, so they are all
@@ -223,8 +125,7 @@ export class SqliteDatabase implements SyncStore {
     }
     this.statements = {
       insertKey: this.db.prepare(
-        `INSERT INTO keys (id, name, key_hash, key_preview, budget_tokens, window_seconds, rpm, concurrent, models, expires_at, disabled, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO keys (${KEY_COLUMNS.join(', ')}) VALUES (${KEY_COLUMNS.map(() => '?').join(', ')})`,
       ),
       getKey: this.db.prepare('SELECT * FROM keys WHERE id = ?'),
       listKeys: this.db.prepare('SELECT * FROM keys ORDER BY created_at, id'),
@@ -265,26 +166,22 @@ export class SqliteDatabase implements SyncStore {
 
   createKey(key: KeyRecord): void {
     this.transaction(() => {
-      this.statements.insertKey.run(
-        key.id, key.name, key.hash, key.preview, key.budgetTokens, key.windowSeconds, key.rpm, key.concurrent,
-        key.models === null ? null : JSON.stringify(key.models), key.expiresAt, key.disabled ? 1 : 0,
-        key.createdAt, key.updatedAt,
-      );
+      this.statements.insertKey.run(...keyValues(key, key.models === null ? null : JSON.stringify(key.models), key.disabled ? 1 : 0));
       this.statements.bumpGeneration.run();
     });
   }
 
   getKey(id: string): KeyRecord | null {
     const row = this.statements.getKey.get(id) as KeyRow | undefined;
-    return row ? rowToKey(row) : null;
+    return row ? keyFromRow(row) : null;
   }
 
   listKeys(): KeyRecord[] {
-    return (this.statements.listKeys.all() as unknown as KeyRow[]).map(rowToKey);
+    return (this.statements.listKeys.all() as unknown as KeyRow[]).map(keyFromRow);
   }
 
   updateKey(id: string, patch: KeyPatch): KeyRecord | null {
-    const fields = (Object.keys(patch) as (keyof KeyPatch)[]).filter((f) => patch[f] !== undefined);
+    const fields = patchedFields(patch);
     return this.transaction(() => {
       const assignments = fields.map((f) => `${PATCH_COLUMNS[f]} = ?`);
       const values = fields.map((f) => toColumnValue(f, patch[f]));
@@ -292,7 +189,7 @@ export class SqliteDatabase implements SyncStore {
         .run(...values, Date.now(), id);
       if (result.changes === 0) return null;
       this.statements.bumpGeneration.run();
-      return rowToKey(this.statements.getKey.get(id) as unknown as KeyRow);
+      return keyFromRow(this.statements.getKey.get(id) as unknown as KeyRow);
     });
   }
 
@@ -343,29 +240,10 @@ export class SqliteDatabase implements SyncStore {
   }
 
   usageReport(query: UsageQuery): UsageRow[] {
-    const selects: string[] = [];
     const params: SQLInputValue[] = [];
-    for (const part of reportParts(query.sinceMs, query.untilMs)) {
-      const where: string[] = [];
-      if (query.keyId !== undefined) {
-        where.push('key_id = ?');
-        params.push(query.keyId);
-      }
-      if (part.from !== undefined) {
-        where.push(`${part.column} >= ?`);
-        params.push(part.from);
-      }
-      if (part.to !== undefined) {
-        where.push(`${part.column} < ?`);
-        params.push(part.to);
-      }
-      selects.push(
-        `SELECT ${GROUP_VALUE[part.table][query.by]} AS g, model, ${part.table === 'usage' ? RAW_SUMS : ROLLUP_SUMS}
-         FROM ${part.table} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY 1, 2`,
-      );
-    }
+    const selects = reportSelects(query, GROUP_VALUE, (value) => (params.push(value), '?'));
     if (selects.length === 0) return []; // an empty range
-    const sql = `SELECT ${GROUP_LABEL[query.by]} AS "group", model, ${REPORT_COLUMNS}
+    const sql = `SELECT ${GROUP_LABEL[query.by]} AS "group", model, ${REPORT_SUMS}
       FROM (${selects.join(' UNION ALL ')}) GROUP BY g, model ORDER BY 1, 2`;
     return this.statement(sql).all(...params) as unknown as UsageRow[];
   }

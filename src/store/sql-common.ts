@@ -1,0 +1,186 @@
+/**
+ * What the two SQL stores (SQLite: sqlite-db.ts; PostgreSQL: postgres.ts and postgres-usage.ts)
+ * share word for word: how a keys row maps to a KeyRecord and which columns a patch may set, and
+ * how a usage report is split over the rollups and summed. One home, so that the stores cannot
+ * drift apart; the contract suite (test/store.test.ts) holds them to the same answers.
+ *
+ * Only what is really the same is here. What differs by dialect stays with its store, in plain
+ * view: placeholders (`?` against `$n`: callers pass `param`, which records a value and returns
+ * its placeholder), integer division (`floorDiv`), the types of two key columns (SQLite's JSON
+ * text and 0/1, PostgreSQL's TEXT[] and boolean), day labels, collation, and the DDL
+ * (schema.ts, postgres-schema.ts).
+ */
+import type { KeyPatch, KeyRecord, UsageGrouping, UsageQuery, UsageRow } from './types.ts';
+
+export const HOUR_MS = 3_600_000;
+export const DAY_MS = 86_400_000;
+
+// --- keys ------------------------------------------------------------------------------------
+
+/**
+ * A keys row as its driver returns it. The columns whose type is the dialect's own are
+ * parameters: `models` (SQLite: JSON text; PostgreSQL: TEXT[]) and `disabled` (SQLite: 0 or 1;
+ * PostgreSQL: boolean).
+ */
+export interface KeyRow<Models, Flag> {
+  id: string;
+  name: string;
+  key_hash: string;
+  key_preview: string;
+  budget_tokens: number;
+  window_seconds: number;
+  rpm: number;
+  concurrent: number;
+  models: Models | null;
+  expires_at: number | null;
+  disabled: Flag;
+  created_at: number;
+  updated_at: number;
+}
+
+/** The keys columns in the order `keyValues` gives them, for an INSERT. */
+export const KEY_COLUMNS = [
+  'id', 'name', 'key_hash', 'key_preview', 'budget_tokens', 'window_seconds', 'rpm', 'concurrent', 'models',
+  'expires_at', 'disabled', 'created_at', 'updated_at',
+] as const;
+
+/** A key's values in KEY_COLUMNS order, its `models` and `disabled` already in the dialect's form. */
+export function keyValues<Models, Flag>(key: KeyRecord, models: Models | null, disabled: Flag): Array<string | number | null | Models | Flag> {
+  return [
+    key.id, key.name, key.hash, key.preview, key.budgetTokens, key.windowSeconds, key.rpm, key.concurrent,
+    models, key.expiresAt, disabled, key.createdAt, key.updatedAt,
+  ];
+}
+
+/** The record a keys row holds, its `models` and `disabled` decoded from the dialect's form by the caller. */
+export function rowToKey(row: KeyRow<unknown, unknown>, models: string[] | null, disabled: boolean): KeyRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    hash: row.key_hash,
+    preview: row.key_preview,
+    budgetTokens: row.budget_tokens,
+    windowSeconds: row.window_seconds,
+    rpm: row.rpm,
+    concurrent: row.concurrent,
+    models,
+    expiresAt: row.expires_at,
+    disabled,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+/** The only columns an update may set, by patch field: SQL is never built from a caller's names. */
+export const PATCH_COLUMNS: Record<keyof KeyPatch, string> = {
+  name: 'name',
+  budgetTokens: 'budget_tokens',
+  windowSeconds: 'window_seconds',
+  rpm: 'rpm',
+  concurrent: 'concurrent',
+  models: 'models',
+  expiresAt: 'expires_at',
+  disabled: 'disabled',
+};
+
+/** The fields a patch sets (those not undefined), among PATCH_COLUMNS only. */
+export function patchedFields(patch: KeyPatch): (keyof KeyPatch)[] {
+  return (Object.keys(PATCH_COLUMNS) as (keyof KeyPatch)[]).filter((field) => patch[field] !== undefined);
+}
+
+// --- usage reports ---------------------------------------------------------------------------
+
+/**
+ * The rollups, coarsest first: a report reads each whole day of its range from usage_daily, each
+ * whole hour of the partial days at its edges from usage_hourly, and raw usage rows only in the
+ * partial hours at its very edges. Days are UTC days, whole numbers of hours, so the parts tile
+ * [since, until) exactly and the report equals one aggregate over the raw rows.
+ */
+export const ROLLUPS = [
+  { table: 'usage_daily', period: 'day', periodMs: DAY_MS },
+  { table: 'usage_hourly', period: 'hour', periodMs: HOUR_MS },
+] as const;
+
+export interface ReportPart {
+  table: 'usage' | (typeof ROLLUPS)[number]['table'];
+  column: 'ts' | (typeof ROLLUPS)[number]['period'];
+  /** [from, to) in the table's column's unit (ms for usage); undefined is unbounded. */
+  from: number | undefined;
+  to: number | undefined;
+}
+
+/** Splits [since, until) into whole periods of each rollup in turn, and raw rows for the rest. */
+function reportParts(since: number | undefined, until: number | undefined, level = 0): ReportPart[] {
+  const rollup = ROLLUPS[level];
+  if (!rollup) {
+    if (since !== undefined && until !== undefined && since >= until) return [];
+    return [{ table: 'usage', column: 'ts', from: since, to: until }];
+  }
+  const first = since === undefined ? undefined : Math.ceil(since / rollup.periodMs);
+  const end = until === undefined ? undefined : Math.floor(until / rollup.periodMs);
+  if (first !== undefined && end !== undefined && first >= end) return reportParts(since, until, level + 1);
+  return [
+    { table: rollup.table, column: rollup.period, from: first, to: end },
+    ...(first === undefined ? [] : reportParts(since, first * rollup.periodMs, level + 1)),
+    ...(end === undefined ? [] : reportParts(end * rollup.periodMs, until, level + 1)),
+  ];
+}
+
+/** The rollups' summed columns (schema.ts, postgres-schema.ts), and the UsageRow field each becomes in a report. */
+export const SUMMED_COLUMNS = {
+  requests: 'requests',
+  errors: 'errors',
+  cached_requests: 'cachedRequests',
+  input_tokens: 'inputTokens',
+  output_tokens: 'outputTokens',
+  cache_creation_tokens: 'cacheCreationTokens',
+  cache_read_tokens: 'cacheReadTokens',
+  billed_tokens: 'billedTokens',
+  latency_ms: 'totalLatencyMs',
+} as const satisfies Record<string, Exclude<keyof UsageRow, 'group' | 'model'>>;
+export const SUMMED = Object.keys(SUMMED_COLUMNS);
+
+/**
+ * The summed columns over raw usage rows, as the rollups hold them: each row counts as
+ * `requests` requests (errors and cache hits likewise).
+ */
+export const RAW_SUMS = `SUM(requests) AS requests,
+  SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
+  SUM(CASE WHEN cached THEN requests ELSE 0 END) AS cached_requests,
+  SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
+  SUM(cache_creation_tokens) AS cache_creation_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
+  SUM(billed_tokens) AS billed_tokens, SUM(latency_ms) AS latency_ms`;
+/** The summed columns over a rollup's rows. */
+export const ROLLUP_SUMS = SUMMED.map((c) => `SUM(${c}) AS ${c}`).join(', ');
+/** The parts' sums added up, named as UsageRow fields (quoted: both dialects keep the case). */
+export const REPORT_SUMS = Object.entries(SUMMED_COLUMNS).map(([c, field]) => `SUM(${c}) AS "${field}"`).join(', ');
+
+/** floor(column / divisor) in a dialect's SQL (both truncate integer division towards zero). */
+export type FloorDiv = (column: string, divisor: number) => string;
+
+/** Per part table, the SQL of a report's grouping value `g`: the model, the key id, or the UTC day number. */
+export type GroupValues = Record<ReportPart['table'], Record<UsageGrouping, string>>;
+
+export function groupValues(floorDiv: FloorDiv): GroupValues {
+  return {
+    usage: { model: 'model', key: 'key_id', day: floorDiv('ts', DAY_MS) },
+    usage_hourly: { model: 'model', key: 'key_id', day: floorDiv('hour', 24) },
+    usage_daily: { model: 'model', key: 'key_id', day: 'day' },
+  };
+}
+
+/**
+ * One SELECT per part of the query's range, each yielding `g`, model and the part's sums; none
+ * for an empty range. `param` records a value and returns its placeholder, in the order the
+ * placeholders appear. The caller's outer query adds the parts up per (g, model) and labels g.
+ */
+export function reportSelects(query: UsageQuery, group: GroupValues, param: (value: string | number) => string): string[] {
+  return reportParts(query.sinceMs, query.untilMs).map((part) => {
+    const where: string[] = [];
+    if (query.keyId !== undefined) where.push(`key_id = ${param(query.keyId)}`);
+    if (part.from !== undefined) where.push(`${part.column} >= ${param(part.from)}`);
+    if (part.to !== undefined) where.push(`${part.column} < ${param(part.to)}`);
+    return `SELECT ${group[part.table][query.by]} AS g, model, ${part.table === 'usage' ? RAW_SUMS : ROLLUP_SUMS}
+       FROM ${part.table} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY 1, 2`;
+  });
+}
