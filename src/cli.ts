@@ -8,6 +8,7 @@ import { request } from 'undici';
 import pino from 'pino';
 import { validateKeyInput, parseTime } from './admin.ts';
 import { BackendUnavailableError, openStoreBackends } from './backends.ts';
+import { GatewayError } from './errors.ts';
 import { ModelCatalog } from './catalog.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createGateway } from './gateway.ts';
@@ -312,7 +313,7 @@ main(process.argv.slice(2)).catch((err: unknown) => {
     err instanceof CliError ||
     err instanceof ConfigError ||
     err instanceof BackendUnavailableError ||
-    (err as { status?: number }).status === 400 ||
+    err instanceof GatewayError ||
     String((err as { code?: string }).code).startsWith('ERR_PARSE_ARGS_');
   process.stderr.write(`claudcode: ${known ? (err as Error).message : (err as Error).stack ?? String(err)}\n`);
   process.exit(1);

@@ -103,6 +103,13 @@ export class UpstreamError extends GatewayError {
   }
 }
 
+/** The durable store (PostgreSQL) cannot be reached: nothing the client did, try again shortly. */
+export class StoreUnavailableError extends GatewayError {
+  constructor() {
+    super(503, 'api_error', "The gateway's store is unreachable. Try again shortly.", { 'retry-after': '1' });
+  }
+}
+
 export class ServiceUnavailableError extends GatewayError {
   constructor(message: string) {
     super(503, 'overloaded_error', message);

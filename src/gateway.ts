@@ -151,6 +151,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     if (c.req.raw.signal.aborted) return c.body(null, 499 as 400);
     const gatewayError = err instanceof GatewayError ? err : new InternalError();
     if (!(err instanceof GatewayError)) logger.error({ err, requestId: c.get('requestId') }, 'unhandled error');
+    else if (err.status >= 500) logger.warn({ requestId: c.get('requestId'), status: err.status, reason: err.message, cause: (err.cause as Error | undefined)?.message }, 'request failed');
     const headers = leavesLargeUpload(c.env.incoming) ? { ...gatewayError.headers, connection: 'close' } : gatewayError.headers;
     return c.json(toErrorBody(gatewayError, c.get('requestId')), gatewayError.status as 400, headers);
   });

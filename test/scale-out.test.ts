@@ -239,6 +239,10 @@ describe.skipIf(!services.both)('three gateway instances on PostgreSQL and Redis
       served = results.length;
       const ready = await fetch(`${instances[0]!.url}/health/ready`);
       expect(await ready.json()).toMatchObject({ store: { ok: false } });
+      // Key changes cannot be saved meanwhile: a clear 503, not a gateway fault.
+      const refused = await admin(instances[0]!, 'POST', '/keys', { name: 'during-outage' });
+      expect(refused.status).toBe(503);
+      expect(refused.json).toMatchObject({ error: { type: 'api_error', message: expect.stringMatching(/store is unreachable/) } });
       await new Promise((r) => setTimeout(r, 1000)); // several failed flushes
     } finally {
       await pgProxy.up();

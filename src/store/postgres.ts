@@ -23,6 +23,7 @@
  * generation also sees the change.
  */
 import pg from 'pg';
+import { StoreUnavailableError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import { migrate } from './postgres-schema.ts';
 import { budgetBucketsSql, insertUsageSql, usageReportSql, type Sql } from './postgres-usage.ts';
@@ -235,8 +236,13 @@ export class PostgresStore implements Store {
     const { text, values: params } = typeof sql === 'string' ? { text: sql, values: values ?? [] } : sql;
     // pg reads query_timeout per query (its types omit it); migrations, on their own connection, have none.
     const config: pg.QueryConfig & { query_timeout: number } = { text, values: params, query_timeout: this.queryTimeoutMs };
-    const result = await this.pool.query<R>(config);
-    return result.rows;
+    try {
+      return (await this.pool.query<R>(config)).rows;
+    } catch (err) {
+      // Unreachable is not a gateway fault: a 503 the client may retry (the cause stays in `cause`).
+      if (isConnectionError(err)) throw Object.assign(new StoreUnavailableError(), { cause: err });
+      throw err;
+    }
   }
 
   async createKey(key: KeyRecord): Promise<void> {
