@@ -21,6 +21,9 @@ import type { RateLimiter } from './limits/types.ts';
 import type { Logger } from './logger.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import type { Store } from './store/types.ts';
+import { MemoryCacheTier } from './cache/memory.ts';
+import { SqliteCacheTier } from './cache/sqlite.ts';
+import { TieredCache } from './cache/tiered.ts';
 
 export type BackendMode = 'embedded' | 'scale-out';
 
@@ -28,7 +31,7 @@ export type BackendMode = 'embedded' | 'scale-out';
 export class BackendUnavailableError extends Error {}
 
 /** Opens one backend, turning its failure into a BackendUnavailableError that names it. */
-async function opened<T>(what: string, open: () => Promise<T>): Promise<T> {
+async function opened_<T>(what: string, open: () => Promise<T>): Promise<T> {
   try {
     return await open();
   } catch (err) {
@@ -47,6 +50,8 @@ export interface StoreBackends {
 /** Everything a gateway instance runs on. */
 export interface Backends extends StoreBackends {
   limiter: RateLimiter;
+  /** The response cache: memory in front of SQLite (embedded) or Redis (scale-out). */
+  cache: TieredCache;
 }
 
 /** Which mode the config asks for; a half-configured scale-out is a ConfigError. */
@@ -65,15 +70,15 @@ export function backendMode(config: Pick<Config, 'databaseUrl' | 'redisUrl'>): B
 /** The store and key-change signal (the CLI's needs). */
 export async function openStoreBackends(config: Config, logger: Logger): Promise<StoreBackends> {
   if (backendMode(config) === 'embedded') {
-    const store = await opened('the SQLite store', () => SqliteStore.open(config.dataDir));
+    const store = await opened_('the SQLite store', () => SqliteStore.open(config.dataDir));
     return { mode: 'embedded', store, keyChanges: NO_KEY_CHANGE_SIGNAL, close: () => store.close() };
   }
   const { PostgresStore } = await import('./store/postgres.ts');
   const { RedisKeyChangeSignal } = await import('./redis-key-changes.ts');
-  const store = await opened('the PostgreSQL store (DATABASE_URL)', () => PostgresStore.open(config.databaseUrl!, { logger }));
+  const store = await opened_('the PostgreSQL store (DATABASE_URL)', () => PostgresStore.open(config.databaseUrl!, { logger }));
   let keyChanges: KeyChangeSignal;
   try {
-    keyChanges = await opened('Redis (REDIS_URL)', () => RedisKeyChangeSignal.open(config.redisUrl!, { logger, channel: `${config.scaleOut.redisPrefix}keys` }));
+    keyChanges = await opened_('Redis (REDIS_URL)', () => RedisKeyChangeSignal.open(config.redisUrl!, { logger, channel: `${config.scaleOut.redisPrefix}keys` }));
   } catch (err) {
     await store.close();
     throw err;
@@ -89,30 +94,45 @@ export async function openStoreBackends(config: Config, logger: Logger): Promise
   };
 }
 
-/** Store, key-change signal and limiter (a gateway instance's needs). */
+/** Store, key-change signal, limiter and response cache (a gateway instance's needs). */
 export async function openBackends(config: Config, logger: Logger): Promise<Backends> {
   const durable = await openStoreBackends(config, logger);
-  let limiter: RateLimiter;
+  const opened: Array<{ close(): Promise<void> }> = [];
   try {
-    limiter = durable.mode === 'embedded'
+    const limiter: RateLimiter = durable.mode === 'embedded'
       ? new MemoryRateLimiter()
-      : await opened('Redis (REDIS_URL)', async () =>
+      : await opened_('Redis (REDIS_URL)', async () =>
         (await import('./limits/redis.ts')).RedisRateLimiter.open(config.redisUrl!, {
           logger,
           failOpen: config.scaleOut.limitsFailOpen,
           leaseTtlMs: config.scaleOut.leaseTtlMs,
           prefix: config.scaleOut.redisPrefix,
         }));
+    opened.push(limiter);
+    const memory = new MemoryCacheTier({ maxBytes: config.cache.memoryMaxBytes });
+    let cache: TieredCache;
+    if (durable.mode === 'embedded') {
+      const shared = await opened_('the SQLite cache', () => SqliteCacheTier.open(config.dataDir, { logger }));
+      cache = new TieredCache({ memory, shared, logger });
+    } else {
+      const { RedisCacheTier } = await import('./cache/redis.ts');
+      const shared = await opened_('Redis (REDIS_URL)', () => RedisCacheTier.open(config.redisUrl!, { logger, prefix: config.scaleOut.redisPrefix }));
+      // The Redis tier is also the instances' single-flight lock.
+      cache = new TieredCache({ memory, shared, lock: shared, logger });
+    }
+    return {
+      ...durable,
+      limiter,
+      cache,
+      close: async () => {
+        await cache.close();
+        await limiter.close();
+        await durable.close();
+      },
+    };
   } catch (err) {
+    for (const backend of opened.reverse()) await backend.close().catch(() => {});
     await durable.close();
     throw err;
   }
-  return {
-    ...durable,
-    limiter,
-    close: async () => {
-      await limiter.close();
-      await durable.close();
-    },
-  };
 }

@@ -146,6 +146,20 @@ export const ConfigSchema = z.object({
    * locked), written when it can be again. Past this, the oldest are dropped (and logged).
    */
   maxQueuedUsageRecords: z.coerce.number().int().positive().default(100_000),
+  /** The response cache (src/cache/): identical requests answered by the gateway itself. */
+  cache: z
+    .object({
+      enabled: BoolFromEnv.default(true),
+      /** How long an entry answers identical requests (X-Cache-TTL). */
+      ttlSeconds: z.coerce.number().int().min(1).max(30 * 86400).default(3600),
+      /** The in-process tier's bound; the least recently used entries leave past it. */
+      memoryMaxBytes: z.coerce.number().int().positive().default(256 * 1024 * 1024),
+      /** Larger requests are not cached (their key would cost more than it saves): X-Cache BYPASS. */
+      maxBodyBytes: z.coerce.number().int().positive().default(4 * 1024 * 1024),
+      /** Bill a hit's original tokens against the budget (default: a hit costs no budget tokens). */
+      billHits: BoolFromEnv.default(false),
+    })
+    .prefault({}),
   /** The scale-out mode (DATABASE_URL + REDIS_URL): see backends.ts. */
   scaleOut: z
     .object({
@@ -276,6 +290,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
     leaseTtlMs: envValue(env.CLAUDCODE_LEASE_TTL_MS),
     redisPrefix: envValue(env.CLAUDCODE_REDIS_PREFIX),
   };
+  const cacheFromEnv = { enabled: envValue(env.CLAUDCODE_CACHE), ttlSeconds: envValue(env.CLAUDCODE_CACHE_TTL) };
+  for (const [name, value] of Object.entries(cacheFromEnv)) {
+    if (value !== undefined) merged.cache = { ...(merged.cache as object | undefined), [name]: value };
+  }
   for (const [name, value] of Object.entries(scaleOutFromEnv)) {
     if (value !== undefined) merged.scaleOut = { ...(merged.scaleOut as object | undefined), [name]: value };
   }

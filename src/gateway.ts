@@ -84,7 +84,7 @@ function readBuckets(store: Store, range: { sinceMs: number; untilMs?: number; k
 export async function createGateway(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const backends = options.backends ?? (await openBackends(config, logger));
-  const { store, limiter: limits, keyChanges } = backends;
+  const { store, limiter: limits, keyChanges, cache } = backends;
   const catalog = new ModelCatalog(config.models);
   // Windows are capped at MAX_WINDOW_SECONDS; a key stored before the cap cannot make the
   // start-up load read further back than that.
@@ -113,7 +113,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   });
   const upstream = new UpstreamClient(config.upstreams, config.upstreamTimeoutMs);
   const admin = await resolveAdminToken(store, config.adminToken);
-  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage };
+  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache };
 
   if (!config.upstreams.some((u) => u.key)) {
     logger.warn('no upstream credential configured (ANTHROPIC_API_KEY or CLAUDCODE_UPSTREAM_KEY): upstream calls go out without one');

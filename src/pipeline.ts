@@ -17,6 +17,9 @@ import type { Context } from 'hono';
 import type { Dispatcher } from 'undici';
 import type { ModelCatalog } from './catalog.ts';
 import type { Config } from './config.ts';
+import { consultCache, NOT_CACHEABLE, type CacheDecision, type ResponseCache } from './cache/stage.ts';
+import { MessageAccumulator } from './cache/accumulate.ts';
+import { replaySse } from './cache/replay.ts';
 import { clip, UpstreamError } from './errors.ts';
 import type { KeyRegistry } from './keys.ts';
 import type { Admission, RateLimiter } from './limits/types.ts';
@@ -27,6 +30,8 @@ import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders, type Ups
 import { billedTokens, emptyUsage, SseUsageTap, usageFromJson, type TokenUsage, type UsageRecorder } from './usage.ts';
 
 export interface GatewayServices {
+  /** The response cache (src/cache/). */
+  cache: ResponseCache;
   config: Config;
   logger: Logger;
   keys: KeyRegistry;
@@ -75,6 +80,8 @@ class RequestMeter {
   private readonly startedAt: number;
   private admission: Admission | undefined;
   private done = false;
+  /** What later stages acquired, released in reverse order when the request finishes. */
+  private readonly releases: Array<() => void> = [];
 
   constructor(services: GatewayServices, c: GatewayContext, key: KeyRecord, endpoint: UsageRecord['endpoint']) {
     this.services = services;
@@ -90,6 +97,20 @@ class RequestMeter {
     this.record.streamed = streamed;
   }
 
+  set cached(cached: boolean) {
+    this.record.cached = cached;
+  }
+
+  /** Runs `release` when the request finishes, whatever happened (stages release in reverse order). */
+  defer(release: () => void): void {
+    this.releases.push(release);
+  }
+
+  /** The budget tokens `usage` bills (what a cached answer saves its next askers). */
+  billable(usage: TokenUsage): number {
+    return billedTokens(usage, this.services.config.budget.weights);
+  }
+
   admitted(admission: Admission): void {
     this.admission = admission;
   }
@@ -102,11 +123,15 @@ class RequestMeter {
     return this.admission?.headers ?? {};
   }
 
-  /** Ends the request: frees its limits, bills `usage` (when billable) and records it. Once. */
-  finish(status: number, outcome: UsageOutcome, usage: TokenUsage = emptyUsage(), billable = true): void {
+  /**
+   * Ends the request: releases what the stages acquired, frees its limits, bills `usage` (when
+   * billable; or exactly `billedOverride`) and records it. Once.
+   */
+  finish(status: number, outcome: UsageOutcome, usage: TokenUsage = emptyUsage(), billable = true, billedOverride?: number): void {
     if (this.done) return;
     this.done = true;
-    const billed = billable ? billedTokens(usage, this.services.config.budget.weights) : 0;
+    for (let i = this.releases.length - 1; i >= 0; i--) this.releases[i]!();
+    const billed = billedOverride ?? (billable ? this.billable(usage) : 0);
     this.admission?.finish(billed);
     const now = Date.now();
     this.services.logger.debug({ requestId: this.record.requestId, status, outcome, billed }, 'usage');
@@ -168,6 +193,14 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
     meter.model = clip(request.model);
     const model = s.catalog.resolve(request.model, key);
     meter.model = model.id;
+
+    // A hit answers here; a miss may lead identical requests in flight and store the answer.
+    const cache = endpoint.budgeted
+      ? await consultCache(s.cache, s.config.cache, key, { body: request.body, upstreamModel: model.upstream_id ?? model.id }, incoming.headers, Date.now())
+      : NOT_CACHEABLE;
+    meter.defer(cache.release);
+    if (cache.entry) return answerFromCache(c, s, meter, cache, request.stream);
+
     const maxTokens = request.maxTokens ?? 0;
     if (endpoint.budgeted && s.config.budget.strict) {
       await meter.reserve(strictReservation(maxTokens, request.body.byteLength, s.config.budget.weights));
@@ -176,15 +209,17 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
     // The client's bytes go upstream as they came, unless the catalog maps the model id.
     const upstreamBody = model.upstream_id && model.upstream_id !== model.id ? withModel(request, model.upstream_id) : request.body;
     const upstream = await s.upstream.send({ method: 'POST', path: endpoint.path, headers: incoming.headers, body: upstreamBody, signal });
-    const headers = responseHeaders(upstream, c.get('requestId'), meter.rateLimitHeaders);
+    const headers = responseHeaders(upstream, c.get('requestId'), meter.rateLimitHeaders, cache.headers);
 
     if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
     if (isEventStream(upstream)) {
       meter.streamed = true;
-      return new Response(relaySse(upstream.body, meter, maxTokens), { status: upstream.statusCode, headers });
+      return new Response(relaySse(upstream.body, meter, maxTokens, upstream.statusCode === 200 ? cache : NOT_CACHEABLE), { status: upstream.statusCode, headers });
     }
     const bytes = await readUpstreamBody(upstream, meter);
-    meter.finish(upstream.statusCode, 'ok', endpoint.budgeted ? usageFromJson(bytes) : emptyUsage(), endpoint.budgeted);
+    const usage = endpoint.budgeted ? usageFromJson(bytes) : emptyUsage();
+    if (upstream.statusCode === 200 && cache.status === 'MISS') storeCompleteMessage(cache, bytes, meter.billable(usage));
+    meter.finish(upstream.statusCode, 'ok', usage, endpoint.budgeted);
     return new Response(bytes, { status: upstream.statusCode, headers });
   } catch (err) {
     meter.fail(err, signal);
@@ -209,12 +244,72 @@ async function readUpstreamBody(upstream: Dispatcher.ResponseData, meter: Reques
  * Everything the client gets on a proxied response, built here in full: the gateway middleware
  * leaves these responses' headers alone so they reach writeHead as they are.
  */
-function responseHeaders(upstream: Dispatcher.ResponseData, requestId: string, rateLimitHeaders: Record<string, string>): PlainHeaders {
+function responseHeaders(
+  upstream: Dispatcher.ResponseData,
+  requestId: string,
+  rateLimitHeaders: Record<string, string>,
+  cacheHeaders: Record<string, string>,
+): PlainHeaders {
   const headers = clientResponseHeaders(upstream.headers);
   headers['x-request-id'] = requestId;
   headers['request-id'] ??= requestId;
   for (const name in rateLimitHeaders) headers[name] = rateLimitHeaders[name]!;
+  for (const name in cacheHeaders) headers[name] = cacheHeaders[name]!;
   return headers;
+}
+
+/** Stores a non-streamed answer if it is a complete message (a stop reason, no error). */
+function storeCompleteMessage(cache: CacheDecision, bytes: Uint8Array, tokensSaved: number): void {
+  const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+  try {
+    const message = JSON.parse(text) as { type?: unknown; stop_reason?: unknown };
+    if (message.type === 'message' && typeof message.stop_reason === 'string') cache.store(text, tokensSaved);
+  } catch {
+    // Not a message: nothing to store.
+  }
+}
+
+/**
+ * A cache hit: the stored final message, as JSON or replayed as SSE. The hit holds its
+ * concurrency slot only while the answer is written, and bills no budget tokens unless the
+ * operator bills hits; usage records it as cached.
+ */
+function answerFromCache(c: GatewayContext, s: GatewayServices, meter: RequestMeter, cache: CacheDecision, stream: boolean): Response {
+  const entry = cache.entry!;
+  const requestId = c.get('requestId');
+  meter.cached = true;
+  meter.streamed = stream;
+  const headers: PlainHeaders = { 'x-request-id': requestId, 'request-id': requestId, ...meter.rateLimitHeaders, ...cache.headers };
+  const billed = s.config.cache.billHits ? entry.tokensSaved : 0;
+  if (!stream) {
+    headers['content-type'] = 'application/json';
+    meter.finish(200, 'ok', emptyUsage(), false, billed);
+    return new Response(entry.body, { status: 200, headers });
+  }
+  headers['content-type'] = 'text/event-stream; charset=utf-8';
+  headers['cache-control'] = 'no-cache';
+  const events = replaySse(JSON.parse(entry.body) as object);
+  const encoder = new TextEncoder();
+  let next = 0;
+  return new Response(
+    new ReadableStream<Uint8Array>(
+      {
+        pull(controller) {
+          if (next < events.length) {
+            controller.enqueue(encoder.encode(events[next++]!));
+            return;
+          }
+          meter.finish(200, 'ok', emptyUsage(), false, billed);
+          controller.close();
+        },
+        cancel() {
+          meter.finish(200, 'client_closed', emptyUsage(), false, billed);
+        },
+      },
+      { highWaterMark: 0 },
+    ),
+    { status: 200, headers },
+  );
 }
 
 function isEventStream(upstream: Dispatcher.ResponseData): boolean {
@@ -247,15 +342,20 @@ const STREAM_CUT_EVENT = new TextEncoder().encode(
  * with an `error` event, as the API itself ends a failed stream, so SDKs raise instead of hanging.
  * A client that goes away cancels the stream, which aborts the upstream request.
  */
-function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter, maxTokens: number): ReadableStream<Uint8Array> {
+function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter, maxTokens: number, cache: CacheDecision): ReadableStream<Uint8Array> {
   const tap = new SseUsageTap();
+  // A cacheable miss reassembles the final message as it passes, to store it once complete.
+  const message = cache.status === 'MISS' ? new MessageAccumulator() : undefined;
   const chunks = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let ended = false;
   const end = (outcome: UsageOutcome) => {
     if (ended) return false;
     ended = true;
     // A stream that ended early bills the output it relayed (SseUsageTap.billableUsage).
-    meter.finish(200, outcome, tap.billableUsage(maxTokens));
+    const usage = tap.billableUsage(maxTokens);
+    const complete = outcome === 'ok' ? message?.result() : undefined;
+    if (complete) cache.store(complete.body, meter.billable(usage));
+    meter.finish(200, outcome, usage);
     return true;
   };
   return new ReadableStream<Uint8Array>(
@@ -265,6 +365,7 @@ function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter, 
           const { value, done } = await chunks.next();
           if (!done) {
             tap.push(value);
+            message?.push(value);
             controller.enqueue(value);
             return;
           }

@@ -50,6 +50,9 @@ export async function startStack(
     adminToken: ADMIN_TOKEN,
     logLevel: 'debug',
     usageFlushMs: 20,
+    // The response cache would answer the suites' repeated identical requests itself; its own
+    // suite (cache.test.ts) turns it on.
+    cache: { enabled: false },
     shutdownGraceMs: 5000,
     ...options.config,
   });

@@ -39,6 +39,8 @@ describe('claudcode start', () => {
       CLAUDCODE_UPSTREAM_KEY: fake.apiKey,
       CLAUDCODE_ADMIN_TOKEN: 'admin-token-for-the-drain-test-0001',
       CLAUDCODE_LOG_LEVEL: 'debug',
+      // Identical streams in flight would share one upstream call through the cache.
+      CLAUDCODE_CACHE: 'false',
     });
     const client = new Anthropic({ apiKey: key, baseURL: gateway.url, maxRetries: 0 });
     const prompt = 'PROMPT-THAT-MUST-NOT-BE-LOGGED-91c2';

@@ -81,7 +81,8 @@ async function createKey(instance: GatewayProcess, fields: Record<string, unknow
 async function send(instance: GatewayProcess, key: string, headers: Record<string, string> = {}, body: Record<string, unknown> = {}) {
   const res = await fetch(`${instance.url}/v1/messages`, {
     method: 'POST',
-    headers: { 'x-api-key': key, 'content-type': 'application/json', ...headers },
+    // Limits are the point here, not the response cache (its own test below asks for it).
+    headers: { 'x-api-key': key, 'content-type': 'application/json', 'x-no-cache': 'true', ...headers },
     body: JSON.stringify({ model: 'claude-haiku-4-5', max_tokens: 20, messages: [MESSAGE], ...body }),
   });
   const text = await res.text();
@@ -130,6 +131,32 @@ describe.skipIf(!services.both)('three gateway instances on PostgreSQL and Redis
     for (const instance of instances) {
       await within(1000, async () => (await send(instance, key)).status === 401);
     }
+  });
+
+  it('response cache: a MISS on one instance is a HIT on another', async () => {
+    const { key } = await createKey(instances[0]!, {});
+    await within(1000, async () => (await fetch(`${instances[2]!.url}/v1/key-status`, { headers: { 'x-api-key': key } })).status === 200);
+    const cached = { 'x-no-cache': 'false' };
+    const first = await fetch(`${instances[0]!.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': key, 'content-type': 'application/json', ...cached },
+      body: JSON.stringify({ model: 'claude-haiku-4-5', max_tokens: 25, messages: [MESSAGE] }),
+    });
+    expect(first.headers.get('x-cache')).toBe('MISS');
+    const firstBody = await first.text();
+    // The entry reaches Redis just after the answer (the write is not awaited by the request).
+    await new Promise((r) => setTimeout(r, 300));
+    for (const other of instances.slice(1, 3)) {
+      const res = await fetch(`${other.url}/v1/messages`, {
+        method: 'POST',
+        headers: { 'x-api-key': key, 'content-type': 'application/json', ...cached },
+        body: JSON.stringify({ messages: [MESSAGE], max_tokens: 25, model: 'claude-haiku-4-5' }),
+      });
+      expect(res.headers.get('x-cache')).toBe('HIT');
+      expect(await res.text()).toBe(firstBody);
+    }
+    // One upstream call in all.
+    expect(fake.requests.filter((r) => r.path === '/v1/messages' && r.body.includes('"max_tokens":25'))).toHaveLength(1);
   });
 
   it('rpm 10: of 30 requests spread over the instances, exactly 10 are admitted', async () => {
