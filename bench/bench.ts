@@ -10,6 +10,10 @@
  * process) and the scale-out mode (PostgreSQL + Redis, a fresh database and key prefix, removed
  * afterwards). Without them, or with --no-scale-out, only the embedded one.
  *
+ * The embedded gateway is also measured with its response cache: a hit (the same request again)
+ * and a miss (every request different, so each is keyed, sent upstream and stored). The other
+ * gateway paths send `X-No-Cache: true`, so they measure proxying.
+ *
  * The fake upstream and the gateways run as child processes (pinned to cores 1 and 0 with
  * taskset when available); the load generator is this process (undici Pool, keep-alive).
  *
@@ -126,8 +130,17 @@ const BODY: Record<Mode, string> = {
 const STREAM_END = 'event: message_stop\ndata: {"type":"message_stop"}\n\n';
 
 type Mode = 'json' | 'stream';
-type PathName = 'direct' | 'gateway' | 'scaleout';
-const PATH_LABEL: Record<PathName, string> = { direct: 'direct', gateway: 'embedded', scaleout: 'scale-out' };
+type PathName = 'direct' | 'gateway' | 'scaleout' | 'cachehit' | 'cachemiss';
+const PATH_LABEL: Record<PathName, string> = { direct: 'direct', gateway: 'embedded', scaleout: 'scale-out', cachehit: 'cache hit', cachemiss: 'cache miss' };
+
+/** A different request every time (a counter in the last message), so every one is a cache miss. */
+let missCounter = 0;
+function uniqueBody(mode: Mode): string {
+  const request = JSON.parse(BODY[mode]) as typeof MESSAGES_REQUEST;
+  const last = request.messages.at(-1)!;
+  last.content = `${last.content} (request ${++missCounter})`;
+  return JSON.stringify(request);
+}
 const MODES: Mode[] = ['json', 'stream'];
 
 // ---------------------------------------------------------------------------
@@ -344,6 +357,8 @@ interface Target {
   name: PathName;
   pool: Pool;
   headers: Record<Mode, Record<string, string>>;
+  /** The request body; the same one every time unless given. */
+  body?: (mode: Mode) => string;
 }
 
 class Failures {
@@ -369,7 +384,7 @@ async function oneRequest(t: Target, mode: Mode, s: Samples): Promise<void> {
   const started = performance.now();
   let first = -1;
   try {
-    const res = await t.pool.request({ method: 'POST', path: '/v1/messages', headers: t.headers[mode], body: BODY[mode] });
+    const res = await t.pool.request({ method: 'POST', path: '/v1/messages', headers: t.headers[mode], body: t.body ? t.body(mode) : BODY[mode] });
     const chunks: Buffer[] = [];
     let tail = '';
     for await (const chunk of res.body as AsyncIterable<Buffer>) {
@@ -638,14 +653,17 @@ async function main(): Promise<void> {
   const scaleOut = OPTS.scaleOut ? await startScaleOut(gatewayEnv, fakeUrl, pinned) : undefined;
 
   const poolOptions = { connections: OPTS.concurrency, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 15_000, bodyTimeout: 15_000 };
-  const headersFor = (key: string): Record<Mode, Record<string, string>> => {
-    const base = { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'x-api-key': key, 'x-fake-output-tokens': String(OPTS.outputTokens) };
+  const headersFor = (key: string, cache = false): Record<Mode, Record<string, string>> => {
+    const base: Record<string, string> = { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'x-api-key': key, 'x-fake-output-tokens': String(OPTS.outputTokens) };
+    if (!cache) base['x-no-cache'] = 'true';
     return { json: base, stream: { ...base, accept: 'text/event-stream' } };
   };
   const targets: Partial<Record<PathName, Target>> = {
     direct: { name: 'direct', pool: new Pool(fakeUrl, poolOptions), headers: headersFor(FAKE_KEY) },
     gateway: { name: 'gateway', pool: new Pool(gatewayUrl, poolOptions), headers: headersFor(gatewayKey) },
     ...(scaleOut ? { scaleout: { name: 'scaleout' as const, pool: new Pool(scaleOut.url, poolOptions), headers: headersFor(scaleOut.key) } } : {}),
+    cachehit: { name: 'cachehit', pool: new Pool(gatewayUrl, poolOptions), headers: headersFor(gatewayKey, true) },
+    cachemiss: { name: 'cachemiss', pool: new Pool(gatewayUrl, poolOptions), headers: headersFor(gatewayKey, true), body: uniqueBody },
   };
   const paths = Object.keys(targets) as PathName[];
   const pids = { gateway: gateway.proc.pid, fake: fake.proc.pid };
@@ -818,6 +836,30 @@ async function main(): Promise<void> {
     ),
   );
 
+  const cacheRows = MODES.map((mode) => ({
+    scenario: mode === 'json' ? 'JSON' : 'Stream',
+    directP50Ms: med('latency', mode, 'direct', (r) => r.latency.p50),
+    hitP50Ms: med('latency', mode, 'cachehit', (r) => r.latency.p50),
+    hitP99Ms: med('latency', mode, 'cachehit', (r) => r.latency.p99),
+    missP50Ms: med('latency', mode, 'cachemiss', (r) => r.latency.p50),
+    missP99Ms: med('latency', mode, 'cachemiss', (r) => r.latency.p99),
+    directRps: med('throughput', mode, 'direct', (r) => r.rps),
+    hitRps: med('throughput', mode, 'cachehit', (r) => r.rps),
+    missRps: med('throughput', mode, 'cachemiss', (r) => r.rps),
+    hitCpuUs: med('throughput', mode, 'cachehit', (r) => r.cpuUsPerRequest.gateway),
+    missCpuUs: med('throughput', mode, 'cachemiss', (r) => r.cpuUsPerRequest.gateway),
+  }));
+  console.log(`\nResponse cache (embedded gateway): a hit against a miss and against the upstream itself`);
+  console.log(
+    table(
+      ['', 'p50 direct', 'p50 hit', 'p50 miss', 'p99 hit', 'p99 miss', 'req/s direct', 'req/s hit', 'req/s miss', 'CPU/req hit', 'CPU/req miss'],
+      cacheRows.map((r) => [
+        r.scenario, ms(r.directP50Ms), ms(r.hitP50Ms), ms(r.missP50Ms), ms(r.hitP99Ms), ms(r.missP99Ms),
+        rps(r.directRps), rps(r.hitRps), rps(r.missRps), us(r.hitCpuUs), us(r.missCpuUs),
+      ]),
+    ),
+  );
+
   const cpuModel = cpus()[0]?.model ?? 'unknown CPU';
   const markdown = [
     scaleOut
@@ -826,6 +868,14 @@ async function main(): Promise<void> {
     scaleOut ? '|---|--:|--:|--:|--:|--:|' : '|---|--:|--:|--:|',
     ...latency.map((l) => `| ${l.scenario}, ${l.metric} (1 in flight) | ${ms(l.directMs)} | ${ms(l.gatewayMs)} | ${plusMs(l.addedMs)} |${scaleOut ? ` ${ms(l.scaleOutMs)} | ${plusMs(l.scaleOutAddedMs)} |` : ''}`),
     ...throughput.map((t) => `| ${t.scenario} throughput (${OPTS.concurrency} in flight) | ${rps(t.directRps)} | ${rps(t.gatewayRps)} | ${t.ratio.toFixed(2)}× |${scaleOut ? ` ${rps(t.scaleOutRps)} | ${t.scaleOutRatio.toFixed(2)}× (${(t.scaleOutVsEmbedded * 100).toFixed(0)} % of embedded) |` : ''}`),
+    '',
+    '| Response cache (embedded) | Direct to upstream | Cache hit | Cache miss |',
+    '|---|--:|--:|--:|',
+    ...cacheRows.flatMap((r) => [
+      `| ${r.scenario}, p50 (1 in flight) | ${ms(r.directP50Ms)} | ${ms(r.hitP50Ms)} | ${ms(r.missP50Ms)} |`,
+      `| ${r.scenario} throughput (${OPTS.concurrency} in flight) | ${rps(r.directRps)} | ${rps(r.hitRps)} | ${rps(r.missRps)} |`,
+      `| ${r.scenario}, gateway CPU per request | – | ${us(r.hitCpuUs)} | ${us(r.missCpuUs)} |`,
+    ]),
     '',
     `Fake upstream with no added latency; ${events}-event streams (${OPTS.outputTokens} text deltas), ${Buffer.byteLength(BODY.json)}-byte requests; ` +
       `medians of ${OPTS.reps} interleaved runs (${OPTS.latencyRequests} requests each for latency, ${OPTS.throughputSeconds} s each for throughput). ` +
@@ -866,6 +916,7 @@ async function main(): Promise<void> {
         Object.fromEntries(Object.entries(t).map(([k, v]) => [k, typeof v === 'number' ? round(v, k === 'ratio' ? 3 : 1) : v])),
       ),
       cpuUsPerRequest: cpu.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 0) : v]))),
+      cache: cacheRows.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 3) : v]))),
     },
     runs: Object.fromEntries(
       [...runs.entries()].map(([k, list]) => [k, list.map((r) => JSON.parse(JSON.stringify(r, (_key, v) => (typeof v === 'number' ? round(v) : v))) as unknown)]),

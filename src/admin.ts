@@ -8,7 +8,7 @@ import { Hono } from 'hono';
 import { z } from 'zod';
 import type { ModelCatalog } from './catalog.ts';
 import { AdminThrottle } from './admin-throttle.ts';
-import { WindowDuration, type Config } from './config.ts';
+import { Duration, WindowDuration, type Config } from './config.ts';
 import { AuthenticationError, InvalidRequestError, NotFoundError, RateLimitError } from './errors.ts';
 import { createKey, describeKey, type KeyRegistry } from './keys.ts';
 import type { Logger } from './logger.ts';
@@ -17,6 +17,39 @@ import { usageReport } from './reports.ts';
 import type { KeyPatch, Store } from './store/types.ts';
 
 const ADMIN_TOKEN_META = 'admin_token_sha256';
+
+/** The longest a key's cache TTL may be: 30 days. */
+export const MAX_KEY_CACHE_TTL_SECONDS = 30 * 86400;
+/** What a cache group may be called. */
+export const CACHE_GROUP_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * A key's response-cache TTL (`cache_ttl`): null is the gateway's default, 0 (or "0") turns the
+ * cache off for the key, anything else is a Duration (seconds, or "1h", "30m", ...) of at most
+ * 30 days. Becomes seconds (or null).
+ */
+const CacheTtl = z
+  .union([z.number(), z.string()], { error: 'expected seconds, a duration like "1h", 0 (cache off) or null (the default)' })
+  .nullable()
+  .transform((value, ctx): number | null => {
+    if (value === null) return null;
+    if (value === 0 || value === '0') return 0;
+    const parsed = Duration.safeParse(value);
+    if (!parsed.success) {
+      for (const issue of parsed.error.issues) {
+        ctx.addIssue({ code: 'custom', message: `${issue.message}; 0 turns the cache off, null is the default` });
+      }
+      return z.NEVER;
+    }
+    if (parsed.data > MAX_KEY_CACHE_TTL_SECONDS) {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(value)} is too long for a cache TTL: at most 30d` });
+      return z.NEVER;
+    }
+    return parsed.data;
+  });
+
+/** A key's cache group (`cache_group`): a name shared by the keys that share entries, or null for the key alone. */
+const CacheGroup = z.string().regex(CACHE_GROUP_PATTERN, 'expected a name of 1 to 64 letters, digits, "_" or "-" (or null for none)').nullable();
 
 /** Fields of a key an operator sets, as the admin API and the CLI accept them. */
 export const KeyInput = z.strictObject({
@@ -28,6 +61,8 @@ export const KeyInput = z.strictObject({
   window: WindowDuration,
   expires_at: z.iso.datetime({ offset: true }).nullable(),
   disabled: z.boolean(),
+  cache_ttl: CacheTtl,
+  cache_group: CacheGroup,
 });
 export type KeyInput = z.input<typeof KeyInput>;
 
@@ -50,6 +85,8 @@ export function validateKeyInput(input: unknown, catalog: ModelCatalog, partial:
     windowSeconds: v.window,
     expiresAt: v.expires_at === undefined ? undefined : v.expires_at === null ? null : Date.parse(v.expires_at),
     disabled: v.disabled,
+    cacheTtlSeconds: v.cache_ttl,
+    cacheGroup: v.cache_group,
   };
 }
 
@@ -101,6 +138,8 @@ export interface AdminDeps {
   catalog: ModelCatalog;
   adminTokenHash: Buffer;
   logger: Logger;
+  /** Subsystems' own admin routes (e.g. /cache), behind the same token check. */
+  mount?: Array<[path: string, routes: Hono<GatewayEnv>]>;
 }
 
 export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
@@ -189,6 +228,8 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
       }),
     );
   });
+
+  for (const [path, routes] of deps.mount ?? []) admin.route(path, routes);
 
   return admin;
 }

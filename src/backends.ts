@@ -24,6 +24,7 @@ import type { Store } from './store/types.ts';
 import { MemoryCacheTier } from './cache/memory.ts';
 import { SqliteCacheTier } from './cache/sqlite.ts';
 import { TieredCache } from './cache/tiered.ts';
+import type { CacheTier } from './cache/types.ts';
 
 export type BackendMode = 'embedded' | 'scale-out';
 
@@ -92,6 +93,16 @@ export async function openStoreBackends(config: Config, logger: Logger): Promise
       await store.close();
     },
   };
+}
+
+/**
+ * The shared cache tier alone (SQLite file or Redis), for the CLI's cache commands. Running
+ * instances' memory tiers are not reached: they keep their copies until they expire.
+ */
+export async function openSharedCache(config: Config, logger: Logger): Promise<CacheTier> {
+  if (backendMode(config) === 'embedded') return opened_('the SQLite cache', () => SqliteCacheTier.open(config.dataDir, { logger }));
+  const { RedisCacheTier } = await import('./cache/redis.ts');
+  return opened_('Redis (REDIS_URL)', () => RedisCacheTier.open(config.redisUrl!, { logger, prefix: config.scaleOut.redisPrefix }));
 }
 
 /** Store, key-change signal, limiter and response cache (a gateway instance's needs). */

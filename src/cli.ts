@@ -7,7 +7,8 @@ import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import pino from 'pino';
 import { validateKeyInput, parseTime } from './admin.ts';
-import { BackendUnavailableError, openStoreBackends } from './backends.ts';
+import { BackendUnavailableError, openSharedCache, openStoreBackends } from './backends.ts';
+import { cacheScope } from './cache/stage.ts';
 import { GatewayError } from './errors.ts';
 import { ModelCatalog } from './catalog.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
@@ -22,15 +23,22 @@ const USAGE = `claudcode — a self-hosted gateway for Anthropic's Claude models
 Usage:
   claudcode start
   claudcode keys create --name NAME [--models a,b] [--rpm N] [--concurrent N] [--budget TOKENS]
-                        [--window 5h] [--expires ISO-8601] [--json]
+                        [--window 5h] [--expires ISO-8601] [--cache-ttl 1h|0|default]
+                        [--cache-group NAME|none] [--json]
   claudcode keys list [--json]
   claudcode keys show|disable|enable|delete ID [--json]
   claudcode keys update ID [--name NAME] [--models a,b|all] [--rpm N] [--concurrent N]
-                        [--budget TOKENS] [--window 5h] [--expires ISO-8601|never] [--json]
+                        [--budget TOKENS] [--window 5h] [--expires ISO-8601|never]
+                        [--cache-ttl 1h|0|default] [--cache-group NAME|none] [--json]
   claudcode usage [--key ID] [--since 24h|ISO] [--until ISO] [--by model|key|day] [--json]
+  claudcode cache stats|purge [--key ID] [--json]
 
 Key and usage commands work on the configured store (CLAUDCODE_DATA_DIR, default ./data), or on a
-running gateway with --url URL --admin-token TOKEN (or CLAUDCODE_ADMIN_TOKEN).`;
+running gateway with --url URL --admin-token TOKEN (or CLAUDCODE_ADMIN_TOKEN).
+
+--cache-ttl is how long the response cache keeps the key's answers (up to 30d): 0 turns caching
+off for the key, default uses the gateway's TTL. Keys with the same --cache-group share cache
+entries; none keeps them to the key alone.`;
 
 type KeyView = ReturnType<typeof describeKey>;
 
@@ -128,6 +136,8 @@ const KEY_OPTIONS = {
   budget: { type: 'string' },
   window: { type: 'string' },
   expires: { type: 'string' },
+  'cache-ttl': { type: 'string' },
+  'cache-group': { type: 'string' },
 } as const;
 
 const COMMON_OPTIONS = {
@@ -162,24 +172,45 @@ function keyInput(values: Partial<Record<keyof typeof KEY_OPTIONS, string>>): Re
       input.expires_at = new Date(ms).toISOString();
     }
   }
+  // Checked by KeyInput (admin.ts), here or in the gateway, whose message names the field.
+  const cacheTtl = values['cache-ttl'];
+  if (cacheTtl !== undefined) input.cache_ttl = cacheTtl === 'default' ? null : cacheTtl === '0' ? 0 : cacheTtl;
+  const cacheGroup = values['cache-group'];
+  if (cacheGroup !== undefined) input.cache_group = cacheGroup === 'none' ? null : cacheGroup;
   return input;
+}
+
+/** Seconds in the largest whole unit: 86400 → "1d", 5400 → "90m", 45 → "45s". */
+function seconds(value: number): string {
+  for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60]] as const) {
+    if (value % size === 0) return `${value / size}${unit}`;
+  }
+  return `${value}s`;
+}
+
+/** A key's cache TTL for the table: "default" (the gateway's), "off" (0), or a duration. */
+function cacheTtlCell(value: number | null | undefined): string {
+  if (value === null || value === undefined) return 'default';
+  return value === 0 ? 'off' : seconds(value);
 }
 
 function printKeyTable(keys: KeyView[]): void {
   const rows = keys.map((k) => [
     k.id, k.name, k.key_preview, k.status, String(k.budget_tokens), `${k.window_seconds / 3600}h`, String(k.rpm),
     String(k.concurrent), k.models ? k.models.join(',') : 'all', k.expires_at ?? '-',
+    cacheTtlCell(k.cache_ttl_seconds), k.cache_group ?? '-',
   ]);
-  const header = ['ID', 'NAME', 'KEY', 'STATUS', 'BUDGET', 'WINDOW', 'RPM', 'CONC', 'MODELS', 'EXPIRES'];
+  const header = ['ID', 'NAME', 'KEY', 'STATUS', 'BUDGET', 'WINDOW', 'RPM', 'CONC', 'MODELS', 'EXPIRES', 'CACHE_TTL', 'CACHE_GROUP'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   for (const row of [header, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
 }
 
 function printReport(report: UsageReport): void {
-  const header = ['GROUP', 'REQUESTS', 'ERRORS', 'INPUT', 'OUTPUT', 'CACHE_WRITE', 'CACHE_READ', 'BILLED', 'AVG_MS', 'COST_USD'];
+  const header = ['GROUP', 'REQUESTS', 'ERRORS', 'INPUT', 'OUTPUT', 'CACHE_WRITE', 'CACHE_READ', 'BILLED', 'TOKENS_SAVED', 'AVG_MS', 'COST_USD'];
   const line = (group: string, r: Omit<UsageReport['totals'], never>) => [
     group, r.requests, r.errors, r.input_tokens, r.output_tokens, r.cache_creation_input_tokens, r.cache_read_input_tokens,
-    r.billed_tokens, r.avg_latency_ms, r.cost_usd.toFixed(4),
+    // A gateway older than tokens_saved leaves it out.
+    r.billed_tokens, r.tokens_saved ?? 0, r.avg_latency_ms, r.cost_usd.toFixed(4),
   ].map(String);
   const rows = [...report.rows.map((r) => line(r.group, r)), line('TOTAL', report.totals)];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -289,6 +320,49 @@ async function runUsage(config: Config, args: string[]): Promise<void> {
   }
 }
 
+/**
+ * `claudcode cache stats|purge [--key ID]`: on a running gateway (--url: its tiers and counters),
+ * or on the shared tier directly (the SQLite cache file, or Redis in the scale-out mode).
+ */
+async function runCache(config: Config, args: string[]): Promise<void> {
+  const [action, ...rest] = args;
+  const { values } = parseArgs({ args: rest, options: { key: { type: 'string' }, ...COMMON_OPTIONS } });
+  if (action !== 'stats' && action !== 'purge') throw new CliError(`unknown cache command "${action ?? ''}" (stats or purge)`);
+  let result: unknown;
+  if (values.url) {
+    const base = `${values.url.replace(/\/+$/, '')}/admin/cache${action === 'purge' && values.key ? `?key=${encodeURIComponent(values.key)}` : ''}`;
+    const res = await request(base, {
+      method: action === 'purge' ? 'DELETE' : 'GET',
+      headers: { authorization: `Bearer ${values['admin-token'] ?? config.adminToken ?? ''}` },
+    });
+    const text = await res.body.text();
+    if (res.statusCode >= 400) throw new CliError(`${res.statusCode}: ${text}`);
+    result = JSON.parse(text);
+  } else {
+    const tier = await openSharedCache(config, createLogger('warn', pino.destination(2)));
+    try {
+      if (action === 'stats') result = { tiers: { [tier.name]: await tier.stats() } };
+      else {
+        let scope: string | undefined;
+        if (values.key) {
+          const backends = await openStoreBackends(config, createLogger('warn', pino.destination(2)));
+          try {
+            const key = await backends.store.getKey(values.key);
+            if (!key) throw new CliError(`no key with id ${values.key}`);
+            scope = cacheScope(key);
+          } finally {
+            await backends.close();
+          }
+        }
+        result = { ...(values.key ? { key_id: values.key } : {}), purged: { [tier.name]: await tier.purge(scope) } };
+      }
+    } finally {
+      await tier.close();
+    }
+  }
+  console.log(JSON.stringify(result, null, values.json ? 2 : undefined));
+}
+
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   if (!command || command === 'help' || command === '--help' || command === '-h') {
@@ -303,6 +377,8 @@ async function main(argv: string[]): Promise<void> {
       return runKeys(config, rest);
     case 'usage':
       return runUsage(config, rest);
+    case 'cache':
+      return runCache(config, rest);
     default:
       throw new CliError(`unknown command "${command}"\n\n${USAGE}`);
   }

@@ -9,6 +9,8 @@ import { serve } from '@hono/node-server';
 import { Hono } from 'hono';
 import { adminRoutes, resolveAdminToken } from './admin.ts';
 import { openBackends, type Backends } from './backends.ts';
+import { cacheAdminRoutes } from './cache/admin.ts';
+import { CacheCounters } from './cache/stage.ts';
 import { ModelCatalog, modelObject } from './catalog.ts';
 import { MAX_WINDOW_SECONDS, type Config } from './config.ts';
 import { GatewayError, InternalError, NotFoundError, ServiceUnavailableError, toErrorBody } from './errors.ts';
@@ -113,7 +115,8 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   });
   const upstream = new UpstreamClient(config.upstreams, config.upstreamTimeoutMs);
   const admin = await resolveAdminToken(store, config.adminToken);
-  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache };
+  const cacheCounters = new CacheCounters();
+  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache, cacheCounters };
 
   if (!config.upstreams.some((u) => u.key)) {
     logger.warn('no upstream credential configured (ANTHROPIC_API_KEY or CLAUDCODE_UPSTREAM_KEY): upstream calls go out without one');
@@ -247,7 +250,13 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   // SDKs given a base URL that already ends in /v1 call /v1/v1/...: answer there too.
   app.route('/v1', api);
   app.route('/v1/v1', api);
-  app.route('/admin', adminRoutes({ config, store, keys, catalog, adminTokenHash: admin.hash, logger }));
+  app.route(
+    '/admin',
+    adminRoutes({
+      config, store, keys, catalog, adminTokenHash: admin.hash, logger,
+      mount: [['/cache', cacheAdminRoutes({ cache, counters: cacheCounters, keys: store })]],
+    }),
+  );
 
   let server: Server | undefined;
   let closing: Promise<void> | undefined;

@@ -43,6 +43,10 @@ export interface NewKeyOptions {
   models?: string[] | null;
   expiresAt?: number | null;
   disabled?: boolean;
+  /** null (the default): the gateway's cache TTL; 0: no caching for this key. */
+  cacheTtlSeconds?: number | null;
+  /** null (the default): cache entries of this key alone. */
+  cacheGroup?: string | null;
 }
 
 /** Creates a key in the store and returns its record together with the secret (shown once). */
@@ -65,6 +69,8 @@ export async function createKey(
     models: options.models ?? null,
     expiresAt: options.expiresAt ?? null,
     disabled: options.disabled ?? false,
+    cacheTtlSeconds: options.cacheTtlSeconds ?? null,
+    cacheGroup: options.cacheGroup ?? null,
     createdAt: now,
     updatedAt: now,
   };
@@ -85,6 +91,10 @@ export function describeKey(record: KeyRecord) {
     models: record.models,
     expires_at: record.expiresAt === null ? null : new Date(record.expiresAt).toISOString(),
     disabled: record.disabled,
+    /** null: the gateway's default TTL; 0: the cache is off for this key. */
+    cache_ttl_seconds: record.cacheTtlSeconds,
+    /** null: cache entries scoped to this key alone. */
+    cache_group: record.cacheGroup,
     status: keyStatus(record, Date.now()),
     created_at: new Date(record.createdAt).toISOString(),
     updated_at: new Date(record.updatedAt).toISOString(),

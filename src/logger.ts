@@ -16,3 +16,23 @@ const REDACT = [
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   return pino({ level, base: { service: 'claudcode' }, redact: { paths: REDACT, censor: '[redacted]' } }, destination);
 }
+
+/**
+ * Runs `log` at most once per `intervalMs`; the calls in between are counted and handed to the
+ * next one that runs, so a flood of failures makes one line every few seconds.
+ */
+export function throttled(intervalMs: number): (log: (suppressed: number) => void) => void {
+  let last = -Infinity;
+  let suppressed = 0;
+  return (log) => {
+    const now = Date.now();
+    if (now - last < intervalMs) {
+      suppressed++;
+      return;
+    }
+    last = now;
+    const count = suppressed;
+    suppressed = 0;
+    log(count);
+  };
+}

@@ -17,7 +17,7 @@ import type { Context } from 'hono';
 import type { Dispatcher } from 'undici';
 import type { ModelCatalog } from './catalog.ts';
 import type { Config } from './config.ts';
-import { consultCache, NOT_CACHEABLE, type CacheDecision, type ResponseCache } from './cache/stage.ts';
+import { consultCache, NOT_CACHEABLE, type CacheCounters, type CacheDecision, type ResponseCache } from './cache/stage.ts';
 import { MessageAccumulator } from './cache/accumulate.ts';
 import { replaySse } from './cache/replay.ts';
 import { clip, UpstreamError } from './errors.ts';
@@ -30,8 +30,9 @@ import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders, type Ups
 import { billedTokens, emptyUsage, SseUsageTap, usageFromJson, type TokenUsage, type UsageRecorder } from './usage.ts';
 
 export interface GatewayServices {
-  /** The response cache (src/cache/). */
+  /** The response cache (src/cache/) and this instance's counts of its decisions. */
   cache: ResponseCache;
+  cacheCounters: CacheCounters;
   config: Config;
   logger: Logger;
   keys: KeyRegistry;
@@ -76,7 +77,7 @@ export function strictReservation(maxTokens: number, bodyBytes: number, weights:
 /** What a request leaves in the usage log, filled in as the pipeline learns it. */
 class RequestMeter {
   private readonly services: GatewayServices;
-  private readonly record: Pick<UsageRecord, 'keyId' | 'requestId' | 'endpoint' | 'model' | 'cached' | 'streamed'>;
+  private readonly record: Pick<UsageRecord, 'keyId' | 'requestId' | 'endpoint' | 'model' | 'cached' | 'streamed' | 'savedTokens'>;
   private readonly startedAt: number;
   private admission: Admission | undefined;
   private done = false;
@@ -97,8 +98,10 @@ class RequestMeter {
     this.record.streamed = streamed;
   }
 
-  set cached(cached: boolean) {
-    this.record.cached = cached;
+  /** Answered from the cache, saving what the original answer was billed. */
+  cachedHit(savedTokens: number): void {
+    this.record.cached = true;
+    this.record.savedTokens = savedTokens;
   }
 
   /** Runs `release` when the request finishes, whatever happened (stages release in reverse order). */
@@ -196,7 +199,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
 
     // A hit answers here; a miss may lead identical requests in flight and store the answer.
     const cache = endpoint.budgeted
-      ? await consultCache(s.cache, s.config.cache, key, { body: request.body, upstreamModel: model.upstream_id ?? model.id }, incoming.headers, Date.now())
+      ? await consultCache(s.cacheCounters, s.cache, s.config.cache, key, { body: request.body, upstreamModel: model.upstream_id ?? model.id }, incoming.headers, Date.now())
       : NOT_CACHEABLE;
     meter.defer(cache.release);
     if (cache.entry) return answerFromCache(c, s, meter, cache, request.stream);
@@ -277,7 +280,7 @@ function storeCompleteMessage(cache: CacheDecision, bytes: Uint8Array, tokensSav
 function answerFromCache(c: GatewayContext, s: GatewayServices, meter: RequestMeter, cache: CacheDecision, stream: boolean): Response {
   const entry = cache.entry!;
   const requestId = c.get('requestId');
-  meter.cached = true;
+  meter.cachedHit(entry.tokensSaved);
   meter.streamed = stream;
   const headers: PlainHeaders = { 'x-request-id': requestId, 'request-id': requestId, ...meter.rateLimitHeaders, ...cache.headers };
   const billed = s.config.cache.billHits ? entry.tokensSaved : 0;

@@ -19,6 +19,8 @@ export interface UsageReportRow {
   cache_creation_input_tokens: number;
   cache_read_input_tokens: number;
   billed_tokens: number;
+  /** Budget tokens the cache hits among `cached_requests` saved (what their original answers cost). */
+  tokens_saved: number;
   avg_latency_ms: number;
   cost_usd: number;
 }
@@ -35,7 +37,7 @@ export interface UsageReport {
 function emptyRow(group: string): UsageReportRow {
   return {
     group, requests: 0, errors: 0, cached_requests: 0, input_tokens: 0, output_tokens: 0,
-    cache_creation_input_tokens: 0, cache_read_input_tokens: 0, billed_tokens: 0, avg_latency_ms: 0, cost_usd: 0,
+    cache_creation_input_tokens: 0, cache_read_input_tokens: 0, billed_tokens: 0, tokens_saved: 0, avg_latency_ms: 0, cost_usd: 0,
   };
 }
 
@@ -62,6 +64,7 @@ export async function usageReport(store: Store, catalog: ModelCatalog, query: Us
       target.cache_creation_input_tokens += usage.cache_creation_input_tokens;
       target.cache_read_input_tokens += usage.cache_read_input_tokens;
       target.billed_tokens += Number(r.billedTokens);
+      target.tokens_saved += Number(r.savedTokens);
       target.latencyTotal += Number(r.totalLatencyMs);
       target.cost_usd += cost;
     }

@@ -223,6 +223,7 @@ export class UsageRecorder {
     seen.cacheCreationTokens += record.cacheCreationTokens;
     seen.cacheReadTokens += record.cacheReadTokens;
     seen.billedTokens += record.billedTokens;
+    if (record.savedTokens) seen.savedTokens = (seen.savedTokens ?? 0) + record.savedTokens;
   }
 
   get pending(): number {

@@ -127,6 +127,9 @@ describe('admin keys', () => {
   it('applies key defaults', async () => {
     const created = await createKey({ name: 'defaults' });
     expect(created).toMatchObject({ models: null, rpm: 60, concurrent: 5, budget_tokens: 5_000_000, window_seconds: 18000, expires_at: null });
+    // No cache settings: the gateway's default TTL, entries of this key alone.
+    expect(created.cache_ttl_seconds).toBeNull();
+    expect(created.cache_group).toBeNull();
   });
 
   it('rejects invalid input with 400 invalid_request_error naming the field', async () => {
@@ -230,7 +233,95 @@ describe('admin keys', () => {
   });
 });
 
+describe('admin key cache settings', () => {
+  it('takes cache_ttl as seconds, a duration, 0 (off) or null (default), and cache_group as a name or null; shows them everywhere', async () => {
+    const created = await createKey({ name: 'cached', cache_ttl: '1h', cache_group: 'team-x' });
+    expect(created).toMatchObject({ cache_ttl_seconds: 3600, cache_group: 'team-x' });
+    expect((await admin('GET', `/keys/${created.id}`)).body).toMatchObject({ cache_ttl_seconds: 3600, cache_group: 'team-x' });
+    const listed = (await admin('GET', '/keys')).body.data.find((k: { id: string }) => k.id === created.id);
+    expect(listed).toMatchObject({ cache_ttl_seconds: 3600, cache_group: 'team-x' });
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ cacheTtlSeconds: 3600, cacheGroup: 'team-x' });
+
+    for (const [cache_ttl, seconds] of [[600, 600], ['90m', 5400], ['30d', 30 * 86400], [30 * 86400, 30 * 86400], ['45', 45], [1, 1], [0, 0], ['0', 0], [null, null]] as const) {
+      const reply = await admin('PATCH', `/keys/${created.id}`, { cache_ttl });
+      expect(reply.status, JSON.stringify(cache_ttl)).toBe(200);
+      expect(reply.body.cache_ttl_seconds).toBe(seconds);
+      expect(reply.body.cache_group).toBe('team-x'); // untouched
+      expect((await stack.gateway.store.getKey(created.id))!.cacheTtlSeconds).toBe(seconds);
+    }
+    const other = await admin('PATCH', `/keys/${created.id}`, { cache_ttl: 0, rpm: 9 });
+    expect(other.body).toMatchObject({ cache_ttl_seconds: 0, rpm: 9, cache_group: 'team-x' });
+    // Patching other fields leaves the cache settings as they are.
+    expect((await admin('PATCH', `/keys/${created.id}`, { rpm: 10 })).body).toMatchObject({ cache_ttl_seconds: 0, cache_group: 'team-x' });
+    for (const cache_group of ['A_b-9', 'g'.repeat(64), null]) {
+      expect((await admin('PATCH', `/keys/${created.id}`, { cache_group })).body).toMatchObject({ cache_group, cache_ttl_seconds: 0 });
+    }
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: null });
+
+    const off = await createKey({ name: 'no-cache', cache_ttl: 0, cache_group: null });
+    expect(off).toMatchObject({ cache_ttl_seconds: 0, cache_group: null });
+  });
+
+  it('refuses a bad cache_ttl or cache_group with 400 naming the field, on create and update, changing nothing', async () => {
+    const { id } = await createKey({ name: 'cache-bounds', cache_ttl: '2h', cache_group: 'kept' });
+    const before = (await admin('GET', '/keys')).body.data.length;
+    const cases: [unknown, unknown, RegExp][] = [
+      ['cache_ttl', '31d', /^cache_ttl: "31d" is too long for a cache TTL: at most 30d/],
+      ['cache_ttl', 30 * 86400 + 1, /^cache_ttl: .*too long for a cache TTL: at most 30d/],
+      ['cache_ttl', '100000000000d', /^cache_ttl: .*at most 30d/],
+      ['cache_ttl', -1, /^cache_ttl: invalid duration -1/],
+      ['cache_ttl', 1.5, /^cache_ttl: invalid duration 1\.5/],
+      ['cache_ttl', 'soon', /^cache_ttl: invalid duration "soon"/],
+      ['cache_ttl', '0s', /^cache_ttl: invalid duration "0s"/],
+      ['cache_ttl', '', /^cache_ttl: /],
+      ['cache_ttl', true, /^cache_ttl: expected seconds, a duration like "1h", 0 \(cache off\) or null/],
+      ['cache_ttl', {}, /^cache_ttl: /],
+      ['cache_group', '', /^cache_group: expected a name of 1 to 64 letters, digits/],
+      ['cache_group', 'has space', /^cache_group: expected a name/],
+      ['cache_group', 'g'.repeat(65), /^cache_group: expected a name/],
+      ['cache_group', 'émoji', /^cache_group: expected a name/],
+      ['cache_group', 'a/b', /^cache_group: expected a name/],
+      ['cache_group', 5, /^cache_group: /],
+      ['cache_group', ['a'], /^cache_group: /],
+    ];
+    for (const [field, value, message] of cases) {
+      expectError(await admin('POST', '/keys', { name: 'bad-cache', [field as string]: value }), 400, 'invalid_request_error', message);
+      expectError(await admin('PATCH', `/keys/${id}`, { [field as string]: value }), 400, 'invalid_request_error', message);
+    }
+    expect((await admin('GET', '/keys')).body.data.length).toBe(before);
+    expect((await admin('GET', `/keys/${id}`)).body).toMatchObject({ cache_ttl_seconds: 7200, cache_group: 'kept' });
+  });
+});
+
 describe('admin usage', () => {
+  it('reports the tokens cache hits saved per group and in the totals', async () => {
+    const created = await createKey({ name: 'saved-tokens' });
+    const now = Date.now();
+    const base = {
+      endpoint: 'messages' as const, status: 200, inputTokens: 10, outputTokens: 20, cacheCreationTokens: 0, cacheReadTokens: 0,
+      latencyMs: 5, streamed: false, outcome: 'ok' as const, keyId: created.id,
+    };
+    await stack.gateway.store.insertUsage([
+      { ...base, ts: now - 1000, requestId: 'req_saved_1', model: 'claude-haiku-4-5', billedTokens: 30, cached: false },
+      { ...base, ts: now - 900, requestId: 'req_saved_2', model: 'claude-haiku-4-5', billedTokens: 0, cached: true, savedTokens: 30 },
+      { ...base, ts: now - 800, requestId: 'req_saved_3', model: 'claude-sonnet-4-6', billedTokens: 0, cached: true, savedTokens: 70, requests: 2 },
+    ]);
+    const byModel = await admin('GET', `/usage?by=model&key=${created.id}`);
+    expect(byModel.status).toBe(200);
+    expect(byModel.body.rows.map((r: Record<string, unknown>) => [r.group, r.requests, r.cached_requests, r.billed_tokens, r.tokens_saved])).toEqual([
+      ['claude-haiku-4-5', 2, 1, 30, 30],
+      ['claude-sonnet-4-6', 2, 2, 0, 70],
+    ]);
+    expect(byModel.body.totals).toMatchObject({ requests: 4, cached_requests: 3, billed_tokens: 30, tokens_saved: 100 });
+    const byKey = await admin('GET', `/usage?by=key&key=${created.id}`);
+    expect(byKey.body.rows).toEqual([expect.objectContaining({ group: created.id, tokens_saved: 100 })]);
+    const byDay = await admin('GET', `/usage?by=day&key=${created.id}&since=1d`);
+    expect(byDay.body.totals.tokens_saved).toBe(100);
+    // Requests that saved nothing report 0, not a missing field.
+    const none = await admin('GET', '/usage?by=key&key=key_nobody');
+    expect(none.body.totals.tokens_saved).toBe(0);
+  });
+
   it('reports what requests through the SDK used, by model, key and day', async () => {
     const created = await createKey({ name: 'usage', rpm: 100 });
     const client = stack.client(created.key);

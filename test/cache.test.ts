@@ -6,7 +6,8 @@
 import Anthropic from '@anthropic-ai/sdk';
 import { request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { MESSAGE, recordedUsage, startStack, type Stack } from './helpers.ts';
+import { runCli } from './gateway-process.ts';
+import { ADMIN_TOKEN, MESSAGE, recordedUsage, startStack, type Stack } from './helpers.ts';
 
 let stack: Stack | undefined;
 afterEach(async () => {
@@ -127,6 +128,24 @@ describe('response cache', () => {
     expect(upstreamCalls(stack)).toBe(2);
   });
 
+  it('keys in one group share entries; a key TTL of its own wins, and 0 turns its cache off', async () => {
+    stack = await startStack({ config: { cache: { enabled: true } } });
+    const a = await stack.newKey({ name: 'grouped-a', cacheGroup: 'team' });
+    const b = await stack.newKey({ name: 'grouped-b', cacheGroup: 'team' });
+    const other = await stack.newKey({ name: 'other-group', cacheGroup: 'elsewhere' });
+    const short = await stack.newKey({ name: 'short-ttl', cacheTtlSeconds: 90 });
+    const off = await stack.newKey({ name: 'cache-off', cacheTtlSeconds: 0 });
+    const body = JSON.stringify(PARAMS);
+    expect((await post(stack.url, a.key, body)).cache).toBe('MISS');
+    expect((await post(stack.url, b.key, body)).cache).toBe('HIT');
+    expect((await post(stack.url, other.key, body)).cache).toBe('MISS');
+    const shortMiss = await post(stack.url, short.key, body);
+    expect([shortMiss.cache, shortMiss.ttl]).toEqual(['MISS', '90']);
+    const offAnswers = [await post(stack.url, off.key, body), await post(stack.url, off.key, body)];
+    expect(offAnswers.map((r) => r.cache)).toEqual(['BYPASS', 'BYPASS']);
+    expect(upstreamCalls(stack)).toBe(5);
+  });
+
   it('never stores an error, a cut stream or an abandoned stream', async () => {
     stack = await startStack({ config: { cache: { enabled: true } } });
     const { key } = await stack.newKey({ name: 'cache-never' });
@@ -180,5 +199,47 @@ describe('response cache', () => {
       await again.close();
     }
     stack = undefined;
+  });
+
+  it('admin API and CLI: stats (tiers, hits, misses, tokens saved) and purge, all or per key', async () => {
+    stack = await startStack({ config: { cache: { enabled: true } } });
+    const a = await stack.newKey({ name: 'stats-a' });
+    const b = await stack.newKey({ name: 'stats-b' });
+    const body = JSON.stringify(PARAMS);
+    const miss = await post(stack.url, a.key, body);
+    const hit = await post(stack.url, a.key, body);
+    await post(stack.url, b.key, body);
+    const admin = (method: string, path: string) =>
+      request(`${stack!.url}/admin${path}`, { method, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } }).then(async (r) => ({ status: r.statusCode, json: (await r.body.json()) as any }));
+
+    const stats = await admin('GET', '/cache');
+    expect(stats.status).toBe(200);
+    expect(stats.json.since_start).toMatchObject({ hits: 1, misses: 2, tokens_saved: Number(hit.saved) });
+    expect(stats.json.tiers.memory.entries).toBe(2);
+    expect(miss.cache).toBe('MISS');
+
+    // Purging one key's entries leaves the other's.
+    expect((await admin('DELETE', `/cache?key=${a.id}`)).json.purged.memory).toBe(1);
+    expect((await post(stack.url, a.key, body)).cache).toBe('MISS');
+    expect((await post(stack.url, b.key, body)).cache).toBe('HIT');
+    expect((await admin('DELETE', '/cache?key=key_nope')).status).toBe(404);
+
+    // Usage records the hits with what they saved.
+    await stack.gateway.services.usage.flush();
+    const usage = await admin('GET', `/usage?by=key&key=${b.id}`);
+    expect(usage.json.totals.cached_requests).toBe(1);
+    expect(usage.json.totals.tokens_saved).toBe(Number(hit.saved));
+    expect(usage.json.totals.billed_tokens).toBe(Number(hit.saved));
+
+    // The CLI reaches the same routes with --url, and the shared tier directly without.
+    const viaUrl = await runCli(['cache', 'stats', '--json', '--url', stack.url, '--admin-token', ADMIN_TOKEN], {});
+    expect(JSON.parse(viaUrl.stdout).since_start.hits).toBe(2);
+    const purged = await runCli(['cache', 'purge', '--url', stack.url, '--admin-token', ADMIN_TOKEN], {});
+    expect(purged.code).toBe(0);
+    expect((await post(stack.url, b.key, body)).cache).toBe('MISS');
+    await new Promise((r) => setTimeout(r, 200)); // the shared tier's write is not awaited by the request
+    const local = await runCli(['cache', 'stats', '--json'], { CLAUDCODE_DATA_DIR: stack.dataDir });
+    expect(local.code).toBe(0);
+    expect(JSON.parse(local.stdout).tiers.sqlite.entries).toBeGreaterThanOrEqual(1);
   });
 });

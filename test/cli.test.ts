@@ -66,6 +66,8 @@ describe('CLI on the store directly', () => {
       disabled: false,
       status: 'active',
       expires_at: null,
+      cache_ttl_seconds: null,
+      cache_group: null,
     });
     const stored = await observer.getKey(created.id);
     expect(stored).toMatchObject({ hash: hashKey(created.key), rpm: 7, budgetTokens: 1000, windowSeconds: 7200, models: ['claude-haiku-4-5'] });
@@ -90,7 +92,7 @@ describe('CLI on the store directly', () => {
     const { key: _secret, ...withoutSecret } = created;
     expect(json(showRun)).toEqual(withoutSecret);
     const table = ok(tableRun);
-    expect(table).toMatch(/^ID\s+NAME\s+KEY\s+STATUS/);
+    expect(table).toMatch(/^ID\s+NAME\s+KEY\s+STATUS.*\s+EXPIRES\s+CACHE_TTL\s+CACHE_GROUP$/m);
     expect(table).toContain(created.id);
     expect(table).toContain(created.key_preview);
     for (const out of [listRun.stdout, showRun.stdout, table]) {
@@ -108,6 +110,29 @@ describe('CLI on the store directly', () => {
     expect(await observer.getKey(created.id)).toMatchObject({ disabled: true });
     expect(json(await cli(['keys', 'enable', created.id, '--json'], dir))).toMatchObject({ disabled: false, status: 'active' });
     expect(await observer.getKey(created.id)).toMatchObject({ disabled: false });
+  });
+
+  it('keys create|update --cache-ttl 1h|0|default --cache-group NAME|none, shown in list/show tables and JSON', async () => {
+    const made = json(await cli(['keys', 'create', '--name', 'cached', '--cache-ttl', '1h', '--cache-group', 'team-a', '--json'], dir));
+    expect(made).toMatchObject({ name: 'cached', cache_ttl_seconds: 3600, cache_group: 'team-a' });
+    expect(await observer.getKey(made.id)).toMatchObject({ cacheTtlSeconds: 3600, cacheGroup: 'team-a' });
+    const row = (out: string) => out.split('\n').find((line) => line.startsWith(made.id))!.trim().split(/\s+/);
+    expect(row(ok(await cli(['keys', 'show', made.id], dir))).slice(-2)).toEqual(['1h', 'team-a']);
+    expect(json<{ id: string }[]>(await cli(['keys', 'list', '--json'], dir)).find((k) => k.id === made.id)).toMatchObject({ cache_ttl_seconds: 3600, cache_group: 'team-a' });
+
+    const off = json(await cli(['keys', 'update', made.id, '--cache-ttl', '0', '--json'], dir));
+    expect(off).toMatchObject({ cache_ttl_seconds: 0, cache_group: 'team-a' });
+    expect(row(ok(await cli(['keys', 'list'], dir))).slice(-2)).toEqual(['off', 'team-a']);
+    expect(json(await cli(['keys', 'update', made.id, '--cache-ttl', '5400', '--json'], dir))).toMatchObject({ cache_ttl_seconds: 5400 });
+    expect(row(ok(await cli(['keys', 'show', made.id], dir))).slice(-2)).toEqual(['90m', 'team-a']);
+    expect(json(await cli(['keys', 'update', made.id, '--cache-ttl', '30d', '--json'], dir))).toMatchObject({ cache_ttl_seconds: 30 * 86400 });
+    const cleared = json(await cli(['keys', 'update', made.id, '--cache-ttl', 'default', '--cache-group', 'none', '--json'], dir));
+    expect(cleared).toMatchObject({ cache_ttl_seconds: null, cache_group: null });
+    expect(await observer.getKey(made.id)).toMatchObject({ cacheTtlSeconds: null, cacheGroup: null });
+    expect(row(ok(await cli(['keys', 'show', made.id], dir))).slice(-2)).toEqual(['default', '-']);
+    // Changing another field keeps them.
+    json(await cli(['keys', 'update', made.id, '--cache-group', 'g2', '--json'], dir));
+    expect(json(await cli(['keys', 'update', made.id, '--rpm', '4', '--json'], dir))).toMatchObject({ rpm: 4, cache_group: 'g2', cache_ttl_seconds: null });
   });
 
   it('keys delete', async () => {
@@ -128,6 +153,11 @@ describe('CLI on the store directly', () => {
       ['keys', 'update', 'key_nope', '--rpm', '3'],
       ['keys', 'disable', 'key_nope'],
       ['usage', '--by', 'week'],
+      ['keys', 'create', '--name', 'bad', '--cache-ttl', '31d'],
+      ['keys', 'create', '--name', 'bad', '--cache-ttl', 'later'],
+      ['keys', 'create', '--name', 'bad', '--cache-group', 'two words'],
+      ['keys', 'update', created.id, '--cache-ttl=-5'],
+      ['keys', 'update', created.id, '--cache-group', 'x'.repeat(65)],
     ];
     const runs: Run[] = [];
     for (const args of commands) runs.push(await cli(args, dir));
@@ -139,9 +169,15 @@ describe('CLI on the store directly', () => {
       /no key with id key_nope/,
       /no key with id key_nope/,
       /--by takes model, key or day/,
+      /cache_ttl: "31d" is too long for a cache TTL: at most 30d/,
+      /cache_ttl: invalid duration "later"/,
+      /cache_group: expected a name of 1 to 64 letters, digits/,
+      /cache_ttl: invalid duration "-5"/,
+      /cache_group: expected a name/,
     ];
     runs.forEach((run, i) => fails(run, expected[i]!));
     expect((await observer.listKeys()).length).toBe(before);
+    expect(await observer.getKey(created.id)).toMatchObject({ cacheTtlSeconds: null, cacheGroup: null });
   });
 
   // DOUBTFUL (src/cli.ts, final catch in main): an unknown flag is a user error, but parseArgs'
@@ -171,25 +207,35 @@ describe('CLI on the store directly', () => {
       { ...base, ts: now - 1000, keyId: created.id, model: 'claude-haiku-4-5', inputTokens: 100, outputTokens: 50, billedTokens: 150 },
       { ...base, ts: now - 2000, keyId: created.id, model: 'claude-opus-4-6', inputTokens: 10, outputTokens: 20, billedTokens: 30 },
       { ...base, ts: now - 3 * 86_400_000, keyId: 'key_other', model: 'claude-haiku-4-5', inputTokens: 1, outputTokens: 1, billedTokens: 2 },
+      // A cache hit: nothing billed, the original answer's 150 tokens saved.
+      { ...base, ts: now - 500, keyId: created.id, model: 'claude-haiku-4-5', inputTokens: 100, outputTokens: 50, billedTokens: 0, cached: true, savedTokens: 150 },
     ]);
     const report = json(await cli(['usage', '--json', '--key', created.id, '--since', '24h'], dir));
     expect(report).toMatchObject({ by: 'model', key_id: created.id });
     expect(report.rows).toEqual([
-      expect.objectContaining({ group: 'claude-haiku-4-5', requests: 1, input_tokens: 100, output_tokens: 50, billed_tokens: 150, cost_usd: (100 * 1 + 50 * 5) / 1e6 }),
-      expect.objectContaining({ group: 'claude-opus-4-6', requests: 1, input_tokens: 10, output_tokens: 20, billed_tokens: 30, cost_usd: (10 * 5 + 20 * 25) / 1e6 }),
+      expect.objectContaining({
+        group: 'claude-haiku-4-5', requests: 2, cached_requests: 1, input_tokens: 200, output_tokens: 100, billed_tokens: 150, tokens_saved: 150,
+        cost_usd: (200 * 1 + 100 * 5) / 1e6,
+      }),
+      expect.objectContaining({ group: 'claude-opus-4-6', requests: 1, input_tokens: 10, output_tokens: 20, billed_tokens: 30, tokens_saved: 0, cost_usd: (10 * 5 + 20 * 25) / 1e6 }),
     ]);
-    expect(report.totals).toMatchObject({ requests: 2, billed_tokens: 180, avg_latency_ms: 40 });
+    expect(report.totals).toMatchObject({ requests: 3, cached_requests: 1, billed_tokens: 180, tokens_saved: 150, avg_latency_ms: 40 });
 
     const byKey = json(await cli(['usage', '--json', '--by', 'key'], dir));
     expect(byKey.rows.map((r: { group: string; requests: number }) => [r.group, r.requests])).toEqual(
       [
-        [created.id, 2],
+        [created.id, 3],
         ['key_other', 1],
       ].sort((a, b) => (String(a[0]) < String(b[0]) ? -1 : 1)), // the store orders groups bytewise
     );
     const table = ok(await cli(['usage', '--by', 'key'], dir));
-    expect(table).toMatch(/^GROUP\s+REQUESTS/);
-    expect(table).toMatch(/^TOTAL\s+3\s/m);
+    expect(table).toMatch(/^GROUP\s+REQUESTS\s+ERRORS\s+INPUT\s+OUTPUT\s+CACHE_WRITE\s+CACHE_READ\s+BILLED\s+TOKENS_SAVED\s+AVG_MS\s+COST_USD$/m);
+    expect(table).toMatch(/^TOTAL\s+4\s/m);
+    const column = (line: string) => line.trim().split(/\s+/)[8];
+    const lines = table.split('\n');
+    expect(column(lines.find((l) => l.startsWith(created.id))!)).toBe('150');
+    expect(column(lines.find((l) => l.startsWith('key_other'))!)).toBe('0');
+    expect(column(lines.find((l) => l.startsWith('TOTAL'))!)).toBe('150');
   });
 
   it('usage --since 0h is an empty report from now; an out-of-range time or window is one line, exit 1', async () => {
@@ -292,5 +338,21 @@ describe('CLI against a running gateway (--url)', () => {
     expect(json(fromNow).totals.requests).toBe(0);
     fails(huge, /^claudcode: 400: since: "100000000000d" is out of range/);
     fails(forever, /^claudcode: 400: window: .*at most 366d/);
+  });
+
+  it('sets and shows cache settings through the gateway, whose 400 names the field', async () => {
+    const created = json(await remote(['keys', 'create', '--name', 'remote-cache', '--cache-ttl', '2h', '--cache-group', 'shared', '--json']));
+    expect(created).toMatchObject({ cache_ttl_seconds: 7200, cache_group: 'shared' });
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ cacheTtlSeconds: 7200, cacheGroup: 'shared' });
+    expect(json(await remote(['keys', 'update', created.id, '--cache-ttl', '0', '--cache-group', 'none', '--json']))).toMatchObject({ cache_ttl_seconds: 0, cache_group: null });
+    const table = ok(await remote(['keys', 'show', created.id]));
+    expect(table.split('\n').find((l) => l.startsWith(created.id))!.trim().split(/\s+/).slice(-2)).toEqual(['off', '-']);
+    const [tooLong, badGroup] = await Promise.all([
+      remote(['keys', 'update', created.id, '--cache-ttl', '31d']),
+      remote(['keys', 'create', '--name', 'x', '--cache-group', 'bad group']),
+    ]);
+    fails(tooLong, /^claudcode: 400: cache_ttl: "31d" is too long for a cache TTL: at most 30d/);
+    fails(badGroup, /^claudcode: 400: cache_group: expected a name/);
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: null });
   });
 });

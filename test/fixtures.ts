@@ -45,6 +45,8 @@ export function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
     models: null,
     expiresAt: null,
     disabled: false,
+    cacheTtlSeconds: null,
+    cacheGroup: null,
     createdAt: created,
     updatedAt: created,
     ...over,

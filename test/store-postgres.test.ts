@@ -75,7 +75,7 @@ function viaProxy(url: string, proxy: TcpProxy): string {
   return u.toString();
 }
 
-const NUMERIC_FIELDS = ['requests', 'errors', 'cachedRequests', 'inputTokens', 'outputTokens', 'cacheCreationTokens', 'cacheReadTokens', 'billedTokens', 'totalLatencyMs'] as const;
+const NUMERIC_FIELDS = ['requests', 'errors', 'cachedRequests', 'inputTokens', 'outputTokens', 'cacheCreationTokens', 'cacheReadTokens', 'billedTokens', 'savedTokens', 'totalLatencyMs'] as const;
 
 /** The reference: one aggregate over the raw usage rows, each counted as `requests` requests, sorted bytewise. */
 const RAW_GROUP: Record<UsageGrouping, string> = {
@@ -96,7 +96,7 @@ async function rawReport(client: pg.Client, query: UsageQuery): Promise<UsageRow
        SUM(CASE WHEN cached THEN requests ELSE 0 END) AS "cachedRequests",
        SUM(input_tokens) AS "inputTokens", SUM(output_tokens) AS "outputTokens",
        SUM(cache_creation_tokens) AS "cacheCreationTokens", SUM(cache_read_tokens) AS "cacheReadTokens",
-       SUM(billed_tokens) AS "billedTokens", SUM(latency_ms) AS "totalLatencyMs"
+       SUM(billed_tokens) AS "billedTokens", SUM(saved_tokens) AS "savedTokens", SUM(latency_ms) AS "totalLatencyMs"
      FROM usage ${where.length ? `WHERE ${where.join(' AND ')}` : ''} GROUP BY 1, 2`,
     values,
   );
@@ -107,40 +107,65 @@ async function rawReport(client: pg.Client, query: UsageQuery): Promise<UsageRow
 }
 
 /** Requests per key, from the raw rows: what a lost or doubled write would change. */
-async function rawTotals(url: string): Promise<{ rows: number; requests: number; billed: number }> {
+async function rawTotals(url: string): Promise<{ rows: number; requests: number; billed: number; saved: number }> {
   return withClient(url, async (client) => {
-    const { rows } = await client.query<{ rows: string; requests: string | null; billed: string | null }>(
-      'SELECT count(*) AS rows, SUM(requests) AS requests, SUM(billed_tokens) AS billed FROM usage',
+    const { rows } = await client.query<{ rows: string; requests: string | null; billed: string | null; saved: string | null }>(
+      'SELECT count(*) AS rows, SUM(requests) AS requests, SUM(billed_tokens) AS billed, SUM(saved_tokens) AS saved FROM usage',
     );
-    return { rows: Number(rows[0]!.rows), requests: Number(rows[0]!.requests ?? 0), billed: Number(rows[0]!.billed ?? 0) };
+    return { rows: Number(rows[0]!.rows), requests: Number(rows[0]!.requests ?? 0), billed: Number(rows[0]!.billed ?? 0), saved: Number(rows[0]!.saved ?? 0) };
   });
 }
 
-function totalsOf(records: readonly UsageRecord[]): { rows: number; requests: number; billed: number } {
+function totalsOf(records: readonly UsageRecord[]): { rows: number; requests: number; billed: number; saved: number } {
   return {
     rows: records.length,
     requests: records.reduce((n, r) => n + (r.requests ?? 1), 0),
     billed: records.reduce((n, r) => n + r.billedTokens, 0),
+    saved: records.reduce((n, r) => n + (r.savedTokens ?? 0), 0),
   };
 }
+
+/**
+ * Saved tokens on the cache hits among random records (and, now and then, on others: the sums
+ * must not care), drawn from their own generator so that the records' other fields stay as seeded.
+ */
+function withSavedTokens(records: UsageRecord[], rand: () => number): UsageRecord[] {
+  return records.map((r) => (r.cached || rand() < 0.05 ? { ...r, savedTokens: Math.floor(rand() * 8000) } : r));
+}
+
+/** Every summed column of the rollups, as a fresh aggregate of the raw rows computes it. */
+const ROLLUP_COLUMNS: Record<string, string> = {
+  requests: 'SUM(requests)',
+  errors: "SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END)",
+  cached_requests: 'SUM(CASE WHEN cached THEN requests ELSE 0 END)',
+  input_tokens: 'SUM(input_tokens)',
+  output_tokens: 'SUM(output_tokens)',
+  cache_creation_tokens: 'SUM(cache_creation_tokens)',
+  cache_read_tokens: 'SUM(cache_read_tokens)',
+  billed_tokens: 'SUM(billed_tokens)',
+  saved_tokens: 'SUM(saved_tokens)',
+  latency_ms: 'SUM(latency_ms)',
+};
 
 /** Each rollup equals a fresh aggregate of the raw rows, group by group. */
 async function expectRollupsExact(url: string): Promise<void> {
   await withClient(url, async (client) => {
     for (const [table, period, ms] of [['usage_hourly', 'hour', HOUR], ['usage_daily', 'day', 24 * HOUR]] as const) {
+      const columns = Object.keys(ROLLUP_COLUMNS);
       const { rows } = await client.query(
         `WITH fresh AS (
-           SELECT floor(ts::numeric / ${ms})::bigint AS p, key_id, model, SUM(requests) AS requests, SUM(billed_tokens) AS billed,
-                  SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors, SUM(latency_ms) AS latency
+           SELECT floor(ts::numeric / ${ms})::bigint AS p, key_id, model, ${columns.map((c) => `${ROLLUP_COLUMNS[c]} AS ${c}`).join(', ')}
            FROM usage GROUP BY 1, 2, 3)
          SELECT * FROM fresh FULL JOIN ${table} r ON r.${period} = fresh.p AND r.key_id = fresh.key_id AND r.model = fresh.model
-         WHERE fresh.p IS NULL OR r.${period} IS NULL OR r.requests <> fresh.requests OR r.billed_tokens <> fresh.billed
-            OR r.errors <> fresh.errors OR r.latency_ms <> fresh.latency`,
+         WHERE fresh.p IS NULL OR r.${period} IS NULL OR ${columns.map((c) => `r.${c} <> fresh.${c}`).join(' OR ')}`,
       );
       expect(rows, `${table} differs from the raw rows`).toEqual([]);
     }
   });
 }
+
+/** Every migration's version, as a fresh database gets them. */
+const ALL_VERSIONS = MIGRATIONS.map((_, i) => i + 1);
 
 describe.skipIf(!services.postgres)('PostgreSQL store', () => {
   describe('schema migrations', () => {
@@ -165,7 +190,19 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
       const second = await PostgresStore.open(url, { logger: log.logger });
       await second.close();
       expect(await versions()).toEqual(applied);
-      expect(log.lines().filter((l) => l.msg === 'PostgreSQL store ready').map((l) => l.migrationsApplied)).toEqual([[1], []]);
+      expect(log.lines().filter((l) => l.msg === 'PostgreSQL store ready').map((l) => l.migrationsApplied)).toEqual([ALL_VERSIONS, []]);
+      // The columns of the later migrations: nullable cache settings on keys, saved_tokens NOT NULL DEFAULT 0 on usage and both rollups.
+      const columns = await withClient(url, (c) =>
+        c.query<{ table_name: string; column_name: string; data_type: string; is_nullable: string; column_default: string | null }>(
+          `SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns
+           WHERE table_schema = 'public' AND column_name IN ('cache_ttl_seconds', 'cache_group', 'saved_tokens') ORDER BY 1, 2`,
+        ).then((r) => r.rows),
+      );
+      expect(columns).toEqual([
+        { table_name: 'keys', column_name: 'cache_group', data_type: 'text', is_nullable: 'YES', column_default: null },
+        { table_name: 'keys', column_name: 'cache_ttl_seconds', data_type: 'bigint', is_nullable: 'YES', column_default: null },
+        ...['usage', 'usage_daily', 'usage_hourly'].map((table_name) => ({ table_name, column_name: 'saved_tokens', data_type: 'bigint', is_nullable: 'NO', column_default: '0' })),
+      ]);
     });
 
     it('stores opening one fresh database at once all succeed, and migrate it once', async () => {
@@ -183,11 +220,102 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
           await Promise.all(stores.map((s) => s.close()));
         }
         const migrated = log.lines().filter((l) => l.msg === 'PostgreSQL store ready').map((l) => l.migrationsApplied);
-        expect(migrated.filter((m) => (m as number[]).length > 0)).toEqual([[1]]);
+        expect(migrated.filter((m) => (m as number[]).length > 0)).toEqual([ALL_VERSIONS]);
         expect(migrated).toHaveLength(5);
         expect(await withClient(url, (c) => c.query('SELECT count(*)::int AS n FROM schema_version').then((r) => r.rows[0].n))).toBe(SCHEMA_VERSION);
       }
     });
+
+    /**
+     * A database as an earlier claudcode left it at schema `version`: migration 1 with keys, meta
+     * and usage on it (the rollups kept as that store kept them: the sums of the raw rows), then
+     * migrations 2..version, each recorded in schema_version as `migrate` records it. From version
+     * 2 on, one key has cache settings. Answers how many usage rows it wrote.
+     */
+    async function databaseAtVersion(url: string, version: number): Promise<number> {
+      return withClient(url, async (c) => {
+        await c.query('BEGIN');
+        await c.query(`CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`);
+        const apply = async (v: number) => {
+          await c.query(MIGRATIONS[v - 1]!.sql);
+          await c.query('INSERT INTO schema_version (version, name) VALUES ($1, $2)', [v, MIGRATIONS[v - 1]!.name]);
+        };
+        await apply(1);
+        const insertKey = `INSERT INTO keys (id, name, key_hash, key_preview, budget_tokens, window_seconds, rpm, concurrent, models, expires_at, disabled, created_at, updated_at)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`;
+        await c.query(insertKey, ['key_old', 'old', 'f'.repeat(64), 'sk-cc-...ffff', 1000, 3600, 60, 5, ['claude-haiku-4-5'], T + 86_400_000, true, T, T + 1]);
+        await c.query(insertKey, ['key_plain', 'plain', 'e'.repeat(64), 'sk-cc-...eeee', 2000, 7200, 6, 2, null, null, false, T + 2, T + 2]);
+        await c.query("UPDATE keys_generation SET generation = 7; INSERT INTO meta (name, value) VALUES ('admin_token_sha256', 'abc')");
+        await c.query(
+          `INSERT INTO usage (record_id, ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens,
+                              cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests)
+           SELECT gen_random_uuid(), $1::bigint - 86400000 + (i * 576007) % 172800000, CASE WHEN i % 3 = 0 THEN 'key_plain' ELSE 'key_old' END,
+                  'req_old_' || i, 'messages', CASE WHEN i % 2 = 0 THEN 'claude-sonnet-4-6' ELSE 'claude-haiku-4-5' END,
+                  CASE WHEN i % 7 = 0 THEN 429 ELSE 200 END, i, 2 * i, 1, 0, 3 * i + 1, 50 + i, i % 11 = 0, true,
+                  CASE WHEN i % 7 = 0 THEN 'rejected' ELSE 'ok' END, CASE WHEN i % 13 = 0 THEN 4 ELSE 1 END
+           FROM generate_series(0, 299) AS i`,
+          [T],
+        );
+        const sums = Object.entries(ROLLUP_COLUMNS).filter(([column]) => column !== 'saved_tokens');
+        for (const [table, period, ms] of [['usage_hourly', 'hour', HOUR], ['usage_daily', 'day', 24 * HOUR]] as const) {
+          await c.query(
+            `INSERT INTO ${table} (${period}, key_id, model, ${sums.map(([column]) => column).join(', ')})
+             SELECT floor(ts::numeric / ${ms})::bigint, key_id, model, ${sums.map(([, sum]) => sum).join(', ')} FROM usage GROUP BY 1, 2, 3`,
+          );
+        }
+        for (let v = 2; v <= version; v++) await apply(v);
+        if (version >= 2) await c.query("UPDATE keys SET cache_ttl_seconds = 600, cache_group = 'kept' WHERE id = 'key_plain'");
+        await c.query('COMMIT');
+        return 300;
+      });
+    }
+
+    it.each(Array.from({ length: SCHEMA_VERSION - 1 }, (_, i) => i + 1))(
+      'migrates a database at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved',
+      async (version) => {
+        const url = await freshDatabase(`pg_from_v${version}`);
+        const rows = await databaseAtVersion(url, version);
+        const log = capturedLogger();
+        const store = await PostgresStore.open(url, { logger: log.logger });
+        try {
+          expect(log.lines().filter((l) => l.msg === 'PostgreSQL store ready').map((l) => l.migrationsApplied)).toEqual([ALL_VERSIONS.slice(version)]);
+          expect(await store.getKey('key_old')).toEqual({
+            id: 'key_old', name: 'old', hash: 'f'.repeat(64), preview: 'sk-cc-...ffff', budgetTokens: 1000, windowSeconds: 3600, rpm: 60,
+            concurrent: 5, models: ['claude-haiku-4-5'], expiresAt: T + 86_400_000, disabled: true, cacheTtlSeconds: null, cacheGroup: null,
+            createdAt: T, updatedAt: T + 1,
+          });
+          const cached = version >= 2 ? { cacheTtlSeconds: 600, cacheGroup: 'kept' } : { cacheTtlSeconds: null, cacheGroup: null };
+          expect(await store.getKey('key_plain')).toMatchObject({ models: null, expiresAt: null, disabled: false, ...cached });
+          expect((await store.listKeys()).map((k) => k.id)).toEqual(['key_old', 'key_plain']);
+          expect(await store.keysGeneration()).toBe(7);
+          expect(await store.getMeta('admin_token_sha256')).toBe('abc');
+
+          expect(await rawTotals(url)).toMatchObject({ rows, saved: 0 });
+          await expectRollupsExact(url);
+          await withClient(url, async (client) => {
+            for (const by of ['model', 'key', 'day'] as const) {
+              for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - 24 * HOUR, untilMs: T + 3 * HOUR + 5 }]) {
+                const report = await store.usageReport({ by, ...range });
+                expect(report).toEqual(await rawReport(client, { by, ...range }));
+                expect(report.length).toBeGreaterThan(0);
+                expect(report.every((r) => r.savedTokens === 0)).toBe(true);
+              }
+            }
+          });
+          // The migrated database takes the new fields.
+          await store.insertUsage([usage({ keyId: 'key_old', ts: T + 10, cached: true, billedTokens: 0, savedTokens: 55 }), usage({ keyId: 'key_old', ts: T - 24 * HOUR + 1 })]);
+          await expectRollupsExact(url);
+          expect((await store.usageReport({ by: 'key', keyId: 'key_old' })).reduce((n, r) => n + r.savedTokens, 0)).toBe(55);
+          expect(await store.updateKey('key_old', { cacheTtlSeconds: 0, cacheGroup: 'g1' })).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: 'g1', name: 'old' });
+        } finally {
+          await store.close();
+        }
+        // Reopening applies nothing more.
+        const again = capturedLogger();
+        await (await PostgresStore.open(url, { logger: again.logger })).close();
+        expect(again.lines().filter((l) => l.msg === 'PostgreSQL store ready').map((l) => l.migrationsApplied)).toEqual([[]]);
+      },
+    );
 
     it('refuses a database migrated by a newer claudcode', async () => {
       const url = await freshDatabase('pg_newer');
@@ -224,7 +352,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     beforeAll(async () => {
       url = await freshDatabase('pg_rollup');
       stores = await Promise.all([0, 1, 2].map(() => PostgresStore.open(url, { logger: silent() })));
-      records = randomUsageRecords(rand, { count: 4000, ...span });
+      records = withSavedTokens(randomUsageRecords(rand, { count: 4000, ...span }), seededRandom(43));
       // Out of time order, in batches of every size, three stores writing at once: the rollups
       // merge rows across batches and across concurrent writers into the same groups.
       const batches: UsageRecord[][] = [];
@@ -244,7 +372,8 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
       await Promise.all((stores ?? []).map((s) => s.close()));
     });
 
-    it('keeps the rollups equal to the raw rows', async () => {
+    it('keeps the rollups equal to the raw rows, in every summed column (saved tokens included)', async () => {
+      expect(totalsOf(records).saved).toBeGreaterThan(0);
       expect(await rawTotals(url)).toEqual(totalsOf(records));
       await expectRollupsExact(url);
     });
@@ -293,7 +422,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
         for (const [i, id] of bytewise.entries()) {
           await store.createKey({
             id, name: id, hash: `hash_${i}`, preview: 'p', budgetTokens: 1, windowSeconds: 1, rpm: 1, concurrent: 1,
-            models: null, expiresAt: null, disabled: false, createdAt: T, updatedAt: T,
+            models: null, expiresAt: null, disabled: false, cacheTtlSeconds: null, cacheGroup: null, createdAt: T, updatedAt: T,
           });
         }
         expect((await store.listKeys()).map((k) => k.id)).toEqual(bytewise);
@@ -315,7 +444,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     });
 
     it('count once: the same batch twice, a batch with new records after old ones, a record twice in one batch', async () => {
-      const batch = [usage({ ts: T + 1 }), usage({ ts: T + HOUR + 2, requests: 4, status: 429, outcome: 'rejected' }), usage({ ts: T + 1, billedTokens: 7 })];
+      const batch = [usage({ ts: T + 1 }), usage({ ts: T + HOUR + 2, requests: 4, status: 429, outcome: 'rejected' }), usage({ ts: T + 1, billedTokens: 7, cached: true, savedTokens: 70 })];
       await store.insertUsage(batch);
       await store.insertUsage(batch);
       expect(await rawTotals(url)).toEqual(totalsOf(batch));
@@ -335,15 +464,15 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     it('keep records apart that differ in any field, even with one request id', async () => {
       const before = await rawTotals(url);
       const a = usage({ ts: T + 3 * HOUR });
-      const variants = [a, { ...a, ts: a.ts + 1 }, { ...a, billedTokens: a.billedTokens + 1 }, { ...a, requests: 2 }, { ...a, cached: true }];
+      const variants = [a, { ...a, ts: a.ts + 1 }, { ...a, billedTokens: a.billedTokens + 1 }, { ...a, requests: 2 }, { ...a, cached: true }, { ...a, savedTokens: 9 }];
       await store.insertUsage(variants);
       const after = await rawTotals(url);
       expect(after.rows - before.rows).toBe(variants.length);
     });
 
     it('store what PostgreSQL text and BIGINT cannot take as given, rather than failing the batch on every retry', async () => {
-      await store.insertUsage([usage({ keyId: 'key_odd', model: 'bad\u0000model', inputTokens: 1.5, latencyMs: 2.4 })]);
-      expect(await store.usageReport({ by: 'key', keyId: 'key_odd' })).toMatchObject([{ model: 'bad\uFFFDmodel', inputTokens: 2, totalLatencyMs: 2 }]);
+      await store.insertUsage([usage({ keyId: 'key_odd', model: 'bad\u0000model', inputTokens: 1.5, latencyMs: 2.4, savedTokens: 3.6 })]);
+      expect(await store.usageReport({ by: 'key', keyId: 'key_odd' })).toMatchObject([{ model: 'bad\uFFFDmodel', inputTokens: 2, totalLatencyMs: 2, savedTokens: 4 }]);
     });
   });
 

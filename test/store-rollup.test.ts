@@ -37,10 +37,33 @@ function rawReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {
       SUM(cached * requests) AS cachedRequests,
       SUM(input_tokens) AS inputTokens, SUM(output_tokens) AS outputTokens,
       SUM(cache_creation_tokens) AS cacheCreationTokens, SUM(cache_read_tokens) AS cacheReadTokens,
-      SUM(billed_tokens) AS billedTokens, SUM(latency_ms) AS totalLatencyMs
+      SUM(billed_tokens) AS billedTokens, SUM(saved_tokens) AS savedTokens, SUM(latency_ms) AS totalLatencyMs
     FROM usage ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
     GROUP BY 1, 2 ORDER BY 1, 2`).all(...params);
   return rows.map((row) => ({ ...row }) as unknown as UsageRow);
+}
+
+/** Each rollup table equals a fresh aggregate of the raw rows, group by group and column by column. */
+function expectRollupsExact(db: DatabaseSync): void {
+  const sums = `SUM(requests) AS requests,
+    SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
+    SUM(cached * requests) AS cached_requests, SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
+    SUM(cache_creation_tokens) AS cache_creation_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
+    SUM(billed_tokens) AS billed_tokens, SUM(saved_tokens) AS saved_tokens, SUM(latency_ms) AS latency_ms`;
+  const columns = 'requests, errors, cached_requests, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, saved_tokens, latency_ms';
+  for (const [table, period, ms] of [['usage_hourly', 'hour', HOUR], ['usage_daily', 'day', DAY]] as const) {
+    const fresh = db.prepare(`SELECT ts / ${ms} - (ts % ${ms} < 0) AS p, key_id, model, ${sums} FROM usage GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`).all();
+    const rolled = db.prepare(`SELECT ${period} AS p, key_id, model, ${columns} FROM ${table} ORDER BY 1, 2, 3`).all();
+    expect(rolled.map((r) => ({ ...r })), `${table} differs from the raw rows`).toEqual(fresh.map((r) => ({ ...r })));
+  }
+}
+
+/**
+ * Saved tokens on the cache hits among random records (and, now and then, on others: the sums
+ * must not care), drawn from their own generator so that the records' other fields stay as seeded.
+ */
+function withSavedTokens(records: UsageRecord[], rand: () => number): UsageRecord[] {
+  return records.map((r) => (r.cached || rand() < 0.05 ? { ...r, savedTokens: Math.floor(rand() * 8000) } : r));
 }
 
 describe('usage reports from the rollups', () => {
@@ -54,7 +77,7 @@ describe('usage reports from the rollups', () => {
     const dir = tempDir();
     store = new SqliteStore(dir);
     // Rows pile up on the hour and day boundaries too, where off-by-one errors would show.
-    records = randomUsageRecords(rand, { count: 4000, ...span });
+    records = withSavedTokens(randomUsageRecords(rand, { count: 4000, ...span }), random(42));
     // Out of time order, in batches of every size: the rollups merge rows across batches.
     for (let i = 0; i < records.length; ) {
       const size = 1 + Math.floor(rand() * 400);
@@ -77,6 +100,22 @@ describe('usage reports from the rollups', () => {
       if (expected.length) nonEmpty++;
     }
     expect(nonEmpty).toBeGreaterThan(300);
+  });
+
+  it('keeps the rollups equal to the raw rows in every summed column, saved tokens included', () => {
+    const saved = records.reduce((n, r) => n + (r.savedTokens ?? 0), 0);
+    expect(saved).toBeGreaterThan(0);
+    expect((raw.prepare('SELECT SUM(saved_tokens) AS s FROM usage').get() as { s: number }).s).toBe(saved);
+    expectRollupsExact(raw);
+  });
+
+  it('sums saved tokens in reports as the raw rows do, over whole days and their partial edges', async () => {
+    const total = (rows: UsageRow[]) => rows.reduce((n, r) => n + r.savedTokens, 0);
+    const inRange = (since: number, until: number) => records.filter((r) => r.ts >= since && r.ts < until).reduce((n, r) => n + (r.savedTokens ?? 0), 0);
+    expect(total(await store.usageReport({ by: 'day' }))).toBe(inRange(-Infinity, Infinity));
+    for (const [since, until] of [[T - DAY - 7, T + DAY + 3 * HOUR + 5], [T + 1, T + 2 * HOUR - 1], [T - 30 * HOUR, T + 40 * HOUR]]) {
+      for (const by of ['model', 'key', 'day'] as const) expect(total(await store.usageReport({ by, sinceMs: since, untilMs: until }))).toBe(inRange(since!, until!));
+    }
   });
 
   it('counts coalesced records per request, over whole hours and partial ones', async () => {
@@ -121,21 +160,23 @@ describe('schema migrations', () => {
 
     const store = new SqliteStore(dir);
     try {
-      expect(await store.getKey('key_old')).toMatchObject({ name: 'old', budgetTokens: 1000, models: ['claude-haiku-4-5'] });
+      expect(await store.getKey('key_old')).toMatchObject({ name: 'old', budgetTokens: 1000, models: ['claude-haiku-4-5'], cacheTtlSeconds: null, cacheGroup: null });
       expect(await store.keysGeneration()).toBe(7);
       expect(await store.getMeta('admin_token_sha256')).toBe('abc');
       const raw = new DatabaseSync(store.path, { readOnly: true });
       try {
         expect((raw.prepare('PRAGMA user_version').get() as { user_version: number }).user_version).toBe(SCHEMA_VERSION);
-        expect(raw.prepare('SELECT DISTINCT requests FROM usage').all().map((r) => ({ ...r }))).toEqual([{ requests: 1 }]);
+        expect(raw.prepare('SELECT DISTINCT requests, saved_tokens FROM usage').all().map((r) => ({ ...r }))).toEqual([{ requests: 1, saved_tokens: 0 }]);
+        expectRollupsExact(raw);
         // The backfilled rollups answer as the raw rows do, and new rows add to them.
         for (const by of ['model', 'key', 'day'] as const) {
           for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - DAY, untilMs: T + 3 * HOUR + 5 }]) {
             expect(await store.usageReport({ by, ...range })).toEqual(rawReport(raw, { by, ...range }));
           }
         }
-        await store.insertUsage([usage({ keyId: 'key_old', ts: T + 10, requests: 4 })]);
+        await store.insertUsage([usage({ keyId: 'key_old', ts: T + 10, requests: 4 }), usage({ keyId: 'key_old', ts: T + 20, cached: true, savedTokens: 321 })]);
         expect(await store.usageReport({ by: 'day' })).toEqual(rawReport(raw, { by: 'day' }));
+        expectRollupsExact(raw);
       } finally {
         raw.close();
       }
@@ -143,6 +184,95 @@ describe('schema migrations', () => {
       await store.close();
     }
   });
+
+  /**
+   * A file as an earlier claudcode left it at schema `version`: keys, meta and usage written with
+   * the first schema (coalesced rows, too, once version 2 has `requests`), then the migrations up
+   * to `version` applied as that claudcode applied them (migration 3 backfilling the rollups).
+   * From version 4 on, one key has cache settings. Returns the usage rows written.
+   */
+  function fileAtVersion(dir: string, version: number): number {
+    const db = new DatabaseSync(join(dir, 'claudcode.db'));
+    db.exec('PRAGMA journal_mode = WAL;');
+    db.exec(MIGRATIONS[0]!.sql);
+    const insertKey = db.prepare(
+      `INSERT INTO keys (id, name, key_hash, key_preview, budget_tokens, window_seconds, rpm, concurrent, models, expires_at, disabled, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    insertKey.run('key_old', 'old', 'f'.repeat(64), 'sk-cc-...ffff', 1000, 3600, 60, 5, '["claude-haiku-4-5"]', T + DAY, 1, T, T + 1);
+    insertKey.run('key_plain', 'plain', 'e'.repeat(64), 'sk-cc-...eeee', 2000, 7200, 6, 2, null, null, 0, T + 2, T + 2);
+    db.exec("UPDATE meta SET value = '7' WHERE name = 'keys_generation'; INSERT INTO meta (name, value) VALUES ('admin_token_sha256', 'abc');");
+    const insertOld = db.prepare(
+      `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    const rand = random(100 + version);
+    let rows = 0;
+    for (let i = 0; i < 300; i++, rows++) {
+      insertOld.run(T - DAY + Math.floor(rand() * 2 * DAY), i % 3 ? 'key_old' : 'key_plain', `req_v${version}_${i}`, 'messages',
+        i % 2 ? 'claude-haiku-4-5' : 'claude-sonnet-4-6', i % 7 ? 200 : 429, i, 2 * i, 1, 0, 3 * i + 1, 50 + i, i % 11 ? 0 : 1, 1, i % 7 ? 'ok' : 'rejected');
+    }
+    for (let v = 2; v <= version; v++) {
+      db.exec(MIGRATIONS[v - 1]!.sql);
+      if (v === 2 && version >= 2) {
+        db.prepare(
+          `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests)
+           VALUES (?, 'key_old', 'req_coalesced', 'messages', 'claude-haiku-4-5', 429, 0, 0, 0, 0, 0, 12, 0, 0, 'rejected', 4)`,
+        ).run(T + 5 * HOUR + 3);
+        rows++;
+      }
+    }
+    const keyColumns = db.prepare('PRAGMA table_info(keys)').all().map((c) => c.name);
+    if (keyColumns.includes('cache_ttl_seconds')) db.exec("UPDATE keys SET cache_ttl_seconds = 600, cache_group = 'kept' WHERE id = 'key_plain'");
+    db.exec(`PRAGMA user_version = ${version}`);
+    db.close();
+    return rows;
+  }
+
+  it.each(Array.from({ length: SCHEMA_VERSION }, (_, v) => v))(
+    'migrates a file at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved',
+    async (version) => {
+      const dir = tempDir();
+      const rows = fileAtVersion(dir, version);
+      const store = new SqliteStore(dir);
+      try {
+        expect(await store.getKey('key_old')).toEqual({
+          id: 'key_old', name: 'old', hash: 'f'.repeat(64), preview: 'sk-cc-...ffff', budgetTokens: 1000, windowSeconds: 3600, rpm: 60,
+          concurrent: 5, models: ['claude-haiku-4-5'], expiresAt: T + DAY, disabled: true, cacheTtlSeconds: null, cacheGroup: null,
+          createdAt: T, updatedAt: T + 1,
+        });
+        const cached = version >= 4 ? { cacheTtlSeconds: 600, cacheGroup: 'kept' } : { cacheTtlSeconds: null, cacheGroup: null };
+        expect(await store.getKey('key_plain')).toMatchObject({ models: null, expiresAt: null, disabled: false, ...cached });
+        expect((await store.listKeys()).map((k) => k.id)).toEqual(['key_old', 'key_plain']);
+        expect(await store.keysGeneration()).toBe(7);
+        expect(await store.getMeta('admin_token_sha256')).toBe('abc');
+
+        const raw = new DatabaseSync(store.path, { readOnly: true });
+        try {
+          expect((raw.prepare('PRAGMA user_version').get() as { user_version: number }).user_version).toBe(SCHEMA_VERSION);
+          expect(raw.prepare('SELECT count(*) AS n, SUM(saved_tokens) AS saved FROM usage').get()).toEqual({ n: rows, saved: 0 });
+          expectRollupsExact(raw);
+          for (const by of ['model', 'key', 'day'] as const) {
+            for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - DAY, untilMs: T + 3 * HOUR + 5 }]) {
+              const report = await store.usageReport({ by, ...range });
+              expect(report).toEqual(rawReport(raw, { by, ...range }));
+              expect(report.every((r) => r.savedTokens === 0)).toBe(true);
+            }
+          }
+          // The migrated file takes the new fields.
+          await store.insertUsage([usage({ keyId: 'key_old', ts: T + 10, cached: true, billedTokens: 0, savedTokens: 55 }), usage({ keyId: 'key_old', ts: T - DAY + 1 })]);
+          expectRollupsExact(raw);
+          expect(await store.usageReport({ by: 'key', keyId: 'key_old', sinceMs: T, untilMs: T + HOUR })).toEqual(rawReport(raw, { by: 'key', keyId: 'key_old', sinceMs: T, untilMs: T + HOUR }));
+          expect((await store.usageReport({ by: 'key', keyId: 'key_old' })).reduce((n, r) => n + r.savedTokens, 0)).toBe(55);
+          expect(await store.updateKey('key_old', { cacheTtlSeconds: 0, cacheGroup: 'g1' })).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: 'g1', name: 'old' });
+        } finally {
+          raw.close();
+        }
+      } finally {
+        await store.close();
+      }
+    },
+  );
 
   it('refuses a file from a newer claudcode', async () => {
     const dir = tempDir();

@@ -78,6 +78,8 @@ function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
     models: ['claude-haiku-4-5', 'claude-sonnet-4-6'],
     expiresAt: T + DAY,
     disabled: false,
+    cacheTtlSeconds: null,
+    cacheGroup: null,
     createdAt: T + n,
     updatedAt: T + n,
     ...over,
@@ -111,6 +113,47 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         await store.createKey(none);
         expect(await store.getKey(none.id)).toEqual(none);
         expect(await store.getKey('key_nope')).toBeNull();
+      });
+
+      it('round-trips the cache settings: a TTL, 0 (off), null (default); a group or null', async () => {
+        const variants = [
+          keyRecord({ cacheTtlSeconds: 3600, cacheGroup: 'team-a' }),
+          keyRecord({ cacheTtlSeconds: 0, cacheGroup: null }),
+          keyRecord({ cacheTtlSeconds: null, cacheGroup: 'Shared_Group-01' }),
+          keyRecord({ cacheTtlSeconds: 30 * 86_400, cacheGroup: 'g'.repeat(64) }),
+          keyRecord({ cacheTtlSeconds: 1, cacheGroup: null }),
+        ];
+        for (const key of variants) await store.createKey(key);
+        for (const key of variants) expect(await store.getKey(key.id)).toEqual(key);
+        const listed = new Map((await store.listKeys()).map((k) => [k.id, k]));
+        for (const key of variants) expect(listed.get(key.id)).toEqual(key);
+        // The plain record (no cache settings) reads back null, not undefined or 0.
+        const plain = keyRecord();
+        await store.createKey(plain);
+        const back = await store.getKey(plain.id);
+        expect(back).toEqual(plain);
+        expect(back!.cacheTtlSeconds).toBeNull();
+        expect(back!.cacheGroup).toBeNull();
+      });
+
+      it('patches the cache settings like any field: set, to 0, to null, and leaves them when not patched', async () => {
+        const key = keyRecord();
+        await store.createKey(key);
+        const set = await store.updateKey(key.id, { cacheTtlSeconds: 600, cacheGroup: 'grp' });
+        expect(set).toEqual({ ...key, cacheTtlSeconds: 600, cacheGroup: 'grp', updatedAt: set!.updatedAt });
+        // Other fields patched: the cache settings stay.
+        const other = await store.updateKey(key.id, { rpm: 3, name: 'other' });
+        expect(other).toMatchObject({ rpm: 3, name: 'other', cacheTtlSeconds: 600, cacheGroup: 'grp' });
+        const off = await store.updateKey(key.id, { cacheTtlSeconds: 0 });
+        expect(off).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: 'grp' });
+        expect(await store.getKey(key.id)).toEqual(off);
+        const cleared = await store.updateKey(key.id, { cacheTtlSeconds: null, cacheGroup: null });
+        expect(cleared).toEqual({ ...key, rpm: 3, name: 'other', cacheTtlSeconds: null, cacheGroup: null, updatedAt: cleared!.updatedAt });
+        expect(await store.getKey(key.id)).toEqual(cleared);
+        // undefined means "not patched", unlike null.
+        await store.updateKey(key.id, { cacheGroup: 'again' });
+        expect(await store.updateKey(key.id, { cacheGroup: undefined, cacheTtlSeconds: undefined, rpm: 4 })).toMatchObject({ cacheGroup: 'again', cacheTtlSeconds: null, rpm: 4 });
+        expect(await store.updateKey('key_nope', { cacheTtlSeconds: 5 })).toBeNull();
       });
 
       it('lists keys in creation order', async () => {
@@ -217,7 +260,7 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         await store.insertUsage([
           usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T }),
           usage({ keyId: 'key_u1', model: 'claude-haiku-4-5', ts: T + 30_000, status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 }),
-          usage({ keyId: 'key_u1', model: 'claude-sonnet-4-6', ts: T + 61_000, cached: true, billedTokens: 0 }),
+          usage({ keyId: 'key_u1', model: 'claude-sonnet-4-6', ts: T + 61_000, cached: true, billedTokens: 0, savedTokens: 33 }),
           usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T + DAY, outcome: 'upstream_cut', inputTokens: 100, outputTokens: 1, billedTokens: 104, latencyMs: 50 }),
           usage({ keyId: 'key_u2', model: 'claude-haiku-4-5', ts: T - DAY, endpoint: 'count_tokens', billedTokens: 0, latencyMs: 10 }),
         ]);
@@ -229,11 +272,11 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         expect(rows).toEqual([
           {
             group: 'claude-haiku-4-5', model: 'claude-haiku-4-5', requests: 4, errors: 2, cachedRequests: 0,
-            inputTokens: 120, outputTokens: 41, cacheCreationTokens: 3, cacheReadTokens: 6, billedTokens: 137, totalLatencyMs: 260,
+            inputTokens: 120, outputTokens: 41, cacheCreationTokens: 3, cacheReadTokens: 6, billedTokens: 137, savedTokens: 0, totalLatencyMs: 260,
           },
           {
             group: 'claude-sonnet-4-6', model: 'claude-sonnet-4-6', requests: 1, errors: 0, cachedRequests: 1,
-            inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 0, totalLatencyMs: 100,
+            inputTokens: 10, outputTokens: 20, cacheCreationTokens: 1, cacheReadTokens: 2, billedTokens: 0, savedTokens: 33, totalLatencyMs: 100,
           },
         ]);
       });
@@ -319,13 +362,69 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
           usage({ keyId: 'key_c', ts: T + 5_000 }),
           // Five refusals in one minute, coalesced: latency is their sum, tokens zero.
           usage({ keyId: 'key_c', ts: T + 10_000, status: 429, outcome: 'rejected', requests: 5, latencyMs: 15, inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 }),
-          usage({ keyId: 'key_c', ts: T + 20_000, cached: true, requests: 3, latencyMs: 30, billedTokens: 0 }),
+          usage({ keyId: 'key_c', ts: T + 20_000, cached: true, requests: 3, latencyMs: 30, billedTokens: 0, savedTokens: 99 }),
         ]);
-        const expected = { group: 'key_c', model: 'claude-haiku-4-5', requests: 9, errors: 5, cachedRequests: 3, totalLatencyMs: 145 };
+        const expected = { group: 'key_c', model: 'claude-haiku-4-5', requests: 9, errors: 5, cachedRequests: 3, savedTokens: 99, totalLatencyMs: 145 };
         expect(await store.usageReport({ by: 'key', keyId: 'key_c' })).toMatchObject([expected]);
         expect(await store.usageReport({ by: 'key', keyId: 'key_c', sinceMs: T + 1, untilMs: T + 60_000 })).toMatchObject([expected]);
         const report = await usageReport(store, new ModelCatalog([]), { by: 'key', keyId: 'key_c' });
-        expect(report.rows).toMatchObject([{ group: 'key_c', requests: 9, errors: 5, cached_requests: 3, avg_latency_ms: Math.round(145 / 9) }]);
+        expect(report.rows).toMatchObject([{ group: 'key_c', requests: 9, errors: 5, cached_requests: 3, tokens_saved: 99, avg_latency_ms: Math.round(145 / 9) }]);
+      });
+
+      it('sums saved tokens by model, key and UTC day, over whole days, whole hours and partial ones, in store and admin reports', async () => {
+        const H = 3_600_000;
+        const D0 = Date.UTC(2026, 4, 1); // a day of its own: the other tests' rows are in March
+        // Cache hits (saved tokens, nothing billed) and served requests (nothing saved, by default) over three days.
+        await store.insertUsage([
+          usage({ keyId: 'key_s1', model: 'claude-haiku-4-5', ts: D0 + 5 * H + 17, cached: true, billedTokens: 0, savedTokens: 100 }),
+          usage({ keyId: 'key_s1', model: 'claude-haiku-4-5', ts: D0 + 5 * H + 1_000, billedTokens: 40 }),
+          usage({ keyId: 'key_s1', model: 'claude-sonnet-4-6', ts: D0 + 23 * H + 59 * 60_000, cached: true, billedTokens: 0, savedTokens: 7, requests: 2 }),
+          usage({ keyId: 'key_s2', model: 'claude-haiku-4-5', ts: D0 + DAY + 12 * H, cached: true, billedTokens: 0, savedTokens: 1000 }),
+          usage({ keyId: 'key_s2', model: 'claude-haiku-4-5', ts: D0 + 2 * DAY + 1, cached: true, billedTokens: 0, savedTokens: 5 }),
+          usage({ keyId: 'key_s2', model: 'claude-haiku-4-5', ts: D0 + 2 * DAY + 2 * H, billedTokens: 50 }),
+        ]);
+        const since = D0;
+        const until = D0 + 3 * DAY;
+        const saved = async (by: 'model' | 'key' | 'day', range: { sinceMs?: number; untilMs?: number } = {}) =>
+          (await store.usageReport({ by, sinceMs: since, untilMs: until, ...range })).map((r) => [r.group, r.model, r.savedTokens, r.billedTokens]);
+        expect(await saved('model')).toEqual([
+          ['claude-haiku-4-5', 'claude-haiku-4-5', 1105, 90],
+          ['claude-sonnet-4-6', 'claude-sonnet-4-6', 7, 0],
+        ]);
+        expect(await saved('key')).toEqual([
+          ['key_s1', 'claude-haiku-4-5', 100, 40],
+          ['key_s1', 'claude-sonnet-4-6', 7, 0],
+          ['key_s2', 'claude-haiku-4-5', 1005, 50],
+        ]);
+        expect(await saved('day')).toEqual([
+          ['2026-05-01', 'claude-haiku-4-5', 100, 40],
+          ['2026-05-01', 'claude-sonnet-4-6', 7, 0],
+          ['2026-05-02', 'claude-haiku-4-5', 1000, 0],
+          ['2026-05-03', 'claude-haiku-4-5', 5, 50],
+        ]);
+        // Edges inside hours and days: the raw rows of the partial hours, the hourly rollup of the
+        // partial days and the daily rollup of the whole day between add up to the same.
+        expect(await saved('key', { sinceMs: D0 + 5 * H + 18, untilMs: D0 + 2 * DAY + 2 })).toEqual([
+          ['key_s1', 'claude-haiku-4-5', 0, 40],
+          ['key_s1', 'claude-sonnet-4-6', 7, 0],
+          ['key_s2', 'claude-haiku-4-5', 1005, 0],
+        ]);
+        expect(await saved('day', { sinceMs: D0 + 5 * H + 17, untilMs: D0 + 5 * H + 18 })).toEqual([['2026-05-01', 'claude-haiku-4-5', 100, 0]]);
+        expect((await store.usageReport({ by: 'key', keyId: 'key_s2', sinceMs: D0 + DAY, untilMs: D0 + 2 * DAY })).map((r) => r.savedTokens)).toEqual([1000]);
+        // The cache hits are counted as cached requests, as before.
+        expect((await store.usageReport({ by: 'key', keyId: 'key_s1', sinceMs: since, untilMs: until })).map((r) => r.cachedRequests)).toEqual([1, 2]);
+
+        const report = await usageReport(store, new ModelCatalog([]), { by: 'key', sinceMs: since, untilMs: until });
+        expect(report.rows.map((r) => [r.group, r.tokens_saved, r.cached_requests, r.billed_tokens])).toEqual([
+          ['key_s1', 107, 3, 40],
+          ['key_s2', 1005, 2, 50],
+        ]);
+        expect(report.totals).toMatchObject({ tokens_saved: 1112, cached_requests: 5, billed_tokens: 90, requests: 7 });
+        const byDay = await usageReport(store, new ModelCatalog([]), { by: 'day', sinceMs: since, untilMs: until });
+        expect(byDay.rows.map((r) => [r.group, r.tokens_saved])).toEqual([['2026-05-01', 107], ['2026-05-02', 1000], ['2026-05-03', 5]]);
+        expect(byDay.totals.tokens_saved).toBe(1112);
+        const empty = await usageReport(store, new ModelCatalog([]), { by: 'model', keyId: 'key_none' });
+        expect(empty.totals.tokens_saved).toBe(0);
       });
 
       it('orders report rows by group, then model, bytewise', async () => {
@@ -347,9 +446,9 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
       it('keeps keys, usage, meta and the generation across reopening', async () => {
         const openOwn = await impl.fresh();
         const first = await openOwn();
-        const key = keyRecord();
+        const key = keyRecord({ cacheTtlSeconds: 900, cacheGroup: 'kept' });
         await first.createKey(key);
-        await first.insertUsage([usage({ keyId: key.id, billedTokens: 77 })]);
+        await first.insertUsage([usage({ keyId: key.id, billedTokens: 77 }), usage({ keyId: key.id, cached: true, billedTokens: 0, savedTokens: 77 })]);
         await first.setMeta('admin_token_sha256', 'abc');
         const generation = await first.keysGeneration();
         expect(first.description).toMatch(impl.describes);
@@ -363,7 +462,7 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
           expect(await second.getKey(key.id)).toEqual(key);
           expect(await second.keysGeneration()).toBe(generation);
           expect(await second.getMeta('admin_token_sha256')).toBe('abc');
-          expect(await second.usageReport({ by: 'key' })).toMatchObject([{ group: key.id, requests: 1, billedTokens: 77 }]);
+          expect(await second.usageReport({ by: 'key' })).toMatchObject([{ group: key.id, requests: 2, cachedRequests: 1, billedTokens: 77, savedTokens: 77 }]);
           await second.updateKey(key.id, { rpm: 1 });
           expect(await second.keysGeneration()).not.toBe(generation);
         } finally {

@@ -361,6 +361,30 @@ describe('UsageRecorder', () => {
     await recorder.close();
   });
 
+  it('coalesces refusals summing saved tokens like the other counts, and writes cache hits with theirs', async () => {
+    const { store: spy, batches } = flakyStore(0);
+    const recorder = new UsageRecorder(spy, { flushMs: 60_000, onError: () => {} });
+    const refusal = (over: Partial<UsageRecord>) =>
+      record('key_saved', { status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, billedTokens: 0, ts: T + 1_000, ...over });
+    recorder.record(refusal({ savedTokens: 5 }));
+    recorder.record(refusal({ ts: T + 2_000 }));
+    recorder.record(refusal({ ts: T + 3_000, savedTokens: 7, requests: 2 }));
+    recorder.record(record('key_saved', { cached: true, billedTokens: 0, savedTokens: 40 }));
+    recorder.record(record('key_saved')); // served: saved nothing
+    // Refusals with nothing saved stay without the field.
+    recorder.record(refusal({ keyId: 'key_unsaved' }));
+    recorder.record(refusal({ keyId: 'key_unsaved' }));
+    await recorder.flush();
+    const [batch] = batches;
+    const merged = batch!.find((r) => r.keyId === 'key_saved' && r.outcome === 'rejected')!;
+    expect(merged).toMatchObject({ requests: 4, savedTokens: 12, ts: T + 3_000 });
+    expect(batch!.filter((r) => r.keyId === 'key_saved')).toHaveLength(3);
+    expect(batch!.find((r) => r.keyId === 'key_unsaved')).not.toHaveProperty('savedTokens');
+    expect(await rowsOf('key_saved')).toMatchObject({ requests: 6, errors: 4, cachedRequests: 1, savedTokens: 52, billedTokens: 15 });
+    expect(await rowsOf('key_unsaved')).toMatchObject({ requests: 2, savedTokens: 0 });
+    await recorder.close();
+  });
+
   it('flushes on its timer', async () => {
     const recorder = new UsageRecorder(store, { flushMs: 20, onError: () => {} });
     recorder.record(record('key_timer'));

@@ -34,12 +34,11 @@
  * worker (one transaction each); at one write per cacheable miss, far below what the upstream
  * calls themselves allow, so writes are not batched.
  */
-import { chmodSync, closeSync, constants, mkdirSync, openSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import type { Logger } from '../logger.ts';
-import { throttled } from '../limits/redis-client.ts';
+import { throttled, type Logger } from '../logger.ts';
+import { prepareFiles } from '../store/sqlite-db.ts';
 import { deserializeError, serializeError, type SerializedError } from '../store/worker-protocol.ts';
 import { entrySize } from './memory.ts';
 import type { CacheEntry, CacheStats, CacheTier } from './types.ts';
@@ -91,25 +90,6 @@ interface Request {
 type Response = { id: number; ok: true; value: unknown } | { id: number; ok: false; error: SerializedError };
 type Startup = { ready: true } | { ready: false; error: SerializedError };
 
-/**
- * The data directory (0700 when created here) and the file, created 0600 before SQLite opens
- * it, so that its -wal and -shm files get the same mode; an existing file of ours is narrowed to
- * 0600. (The same steps as the store's sqlite-db.ts, for another file.)
- */
-function prepareFile(dataDir: string): string {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const path = join(dataDir, CACHE_DB_FILE);
-  closeSync(openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600));
-  for (const file of [path, `${path}-wal`, `${path}-shm`]) {
-    try {
-      if ((statSync(file).mode & 0o777) !== 0o600) chmodSync(file, 0o600);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'EPERM') throw err;
-    }
-  }
-  return path;
-}
 
 /**
  * Creates the tables, or recreates them when the file holds another version's (a cache may be
@@ -166,7 +146,7 @@ class CacheWriter {
   private readonly s: Record<'remove' | 'insert' | 'oldest' | 'trim' | 'expired' | 'purgeAll' | 'purgeScope' | 'totals', StatementSync>;
 
   constructor(config: WorkerConfig) {
-    const path = prepareFile(config.dataDir);
+    const path = prepareFiles(config.dataDir, CACHE_DB_FILE);
     this.maxBytes = config.maxBytes;
     this.db = new DatabaseSync(path, { timeout: config.busyTimeoutMs });
     try {

@@ -46,6 +46,14 @@ export interface CacheDecision {
   release(): void;
 }
 
+/** This instance's cache decisions since it started (the admin API's cache stats). */
+export class CacheCounters {
+  hits = 0;
+  misses = 0;
+  bypassed = 0;
+  tokensSaved = 0;
+}
+
 const NOTHING = () => {};
 
 function bypass(ttlSeconds: number): CacheDecision {
@@ -54,6 +62,15 @@ function bypass(ttlSeconds: number): CacheDecision {
 
 export const NOT_CACHEABLE: CacheDecision = { status: 'BYPASS', headers: {}, store: NOTHING, release: NOTHING };
 
+/**
+ * The entries a key may be served: its own, or — when the operator put it in a group — its
+ * group's. (Key ids are `key_…`, group scopes `group-…`: they never meet, and neither holds a
+ * colon, so a scope is never a prefix of another one's `scope:digest` keys.)
+ */
+export function cacheScope(key: KeyRecord): string {
+  return key.cacheGroup ? `group-${key.cacheGroup}` : key.id;
+}
+
 function header(headers: IncomingHttpHeaders, name: string): string | undefined {
   const value = headers[name];
   return Array.isArray(value) ? value.join(',') : value;
@@ -61,6 +78,7 @@ function header(headers: IncomingHttpHeaders, name: string): string | undefined 
 
 /** Decides HIT, MISS or BYPASS for a Messages request whose body and model are known. */
 export async function consultCache(
+  counters: CacheCounters,
   cache: ResponseCache,
   config: Config['cache'],
   key: KeyRecord,
@@ -68,14 +86,22 @@ export async function consultCache(
   headers: IncomingHttpHeaders,
   now: number,
 ): Promise<CacheDecision> {
-  const ttlSeconds = config.ttlSeconds;
   if (!config.enabled) return NOT_CACHEABLE;
-  if (header(headers, 'x-no-cache')?.trim().toLowerCase() === 'true') return bypass(ttlSeconds);
-  if (request.body.byteLength > config.maxBodyBytes) return bypass(ttlSeconds);
+  // A key's own TTL wins; 0 turns the cache off for it.
+  const ttlSeconds = key.cacheTtlSeconds ?? config.ttlSeconds;
+  if (ttlSeconds === 0) {
+    counters.bypassed++;
+    return { ...NOT_CACHEABLE, headers: { 'x-cache': 'BYPASS' } };
+  }
+  if (header(headers, 'x-no-cache')?.trim().toLowerCase() === 'true' || request.body.byteLength > config.maxBodyBytes) {
+    counters.bypassed++;
+    return bypass(ttlSeconds);
+  }
   let parsed: unknown;
   try {
     parsed = JSON.parse(request.body.toString('utf8'));
   } catch {
+    counters.bypassed++;
     return bypass(ttlSeconds);
   }
   const digest = cacheKey({
@@ -83,11 +109,13 @@ export async function consultCache(
     upstreamModel: request.upstreamModel,
     anthropicVersion: header(headers, 'anthropic-version'),
     anthropicBeta: header(headers, 'anthropic-beta'),
-    scope: key.id,
+    scope: cacheScope(key),
   });
   const found = await cache.lookupOrLead(digest, now);
   if ('hit' in found) {
     const entry = found.hit;
+    counters.hits++;
+    counters.tokensSaved += entry.tokensSaved;
     return {
       status: 'HIT',
       entry,
@@ -102,6 +130,7 @@ export async function consultCache(
     };
   }
   const lead = found.lead;
+  counters.misses++;
   let settled = false;
   return {
     status: 'MISS',

@@ -27,8 +27,7 @@
  * the shared tier every `pollMs` for the entry, goes itself if the claim is marked failed, and
  * claims it in turn if it lapsed. Redis unreachable: each instance decides alone.
  */
-import type { Logger } from '../logger.ts';
-import { throttled } from '../limits/redis-client.ts';
+import { throttled, type Logger } from '../logger.ts';
 import type { MemoryCacheTier } from './memory.ts';
 import type { CacheEntry, CacheStats, CacheTier } from './types.ts';
 

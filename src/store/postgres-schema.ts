@@ -101,6 +101,26 @@ ${rollupTable('usage_daily', 'day')}
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 `,
   },
+  {
+    // Per-key response-cache settings (KeyRecord.cacheTtlSeconds, cacheGroup). NULL, what every
+    // existing key reads back, is the gateway's default TTL and entries scoped to the key alone.
+    name: 'keys.cache_ttl_seconds and keys.cache_group',
+    sql: `
+ALTER TABLE keys ADD COLUMN cache_ttl_seconds BIGINT;
+ALTER TABLE keys ADD COLUMN cache_group TEXT;
+`,
+  },
+  {
+    // The budget tokens a cache hit saved (UsageRecord.savedTokens), summed in the rollups like
+    // the other token counts. Rows written before it saved nothing, so 0 keeps the rollups exact.
+    // A constant default: no table rewrite.
+    name: 'usage.saved_tokens, summed in usage_hourly and usage_daily',
+    sql: `
+ALTER TABLE usage ADD COLUMN saved_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_hourly ADD COLUMN saved_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage_daily ADD COLUMN saved_tokens BIGINT NOT NULL DEFAULT 0;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -47,6 +47,7 @@ const USAGE_COLUMNS = [
   ['model', 'text'], ['status', 'int'], ['input_tokens', 'bigint'], ['output_tokens', 'bigint'],
   ['cache_creation_tokens', 'bigint'], ['cache_read_tokens', 'bigint'], ['billed_tokens', 'bigint'],
   ['latency_ms', 'bigint'], ['cached', 'boolean'], ['streamed', 'boolean'], ['outcome', 'text'], ['requests', 'int'],
+  ['saved_tokens', 'bigint'],
 ] as const;
 
 /** Adds the rows of `inserted` to a rollup, in key order (see the file's comment on deadlocks). */
@@ -67,7 +68,7 @@ WITH batch AS (
   SELECT * FROM batch
   ON CONFLICT (record_id) DO NOTHING
   RETURNING ts, key_id, model, status, outcome, cached, requests, input_tokens, output_tokens,
-            cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms
+            cache_creation_tokens, cache_read_tokens, billed_tokens, saved_tokens, latency_ms
 ), daily AS (
   ${rollUp('usage_daily', 'day', DAY_MS)}
 ), hourly AS (
@@ -94,7 +95,7 @@ function storedFields(r: UsageRecord): unknown[] {
   return [
     int(r.ts), text(r.keyId), text(r.requestId), text(r.endpoint), text(r.model), int(r.status),
     int(r.inputTokens), int(r.outputTokens), int(r.cacheCreationTokens), int(r.cacheReadTokens), int(r.billedTokens),
-    int(r.latencyMs), r.cached, r.streamed, text(r.outcome), int(r.requests ?? 1),
+    int(r.latencyMs), r.cached, r.streamed, text(r.outcome), int(r.requests ?? 1), int(r.savedTokens ?? 0),
   ];
 }
 

@@ -110,6 +110,25 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('keys_generation', '0');
     name: 'usage_hourly and usage_daily rollups, backfilled from usage',
     sql: rollupTable('usage_hourly', 'hour', HOUR_MS) + rollupTable('usage_daily', 'day', DAY_MS),
   },
+  {
+    // Per-key response-cache settings (KeyRecord.cacheTtlSeconds, cacheGroup). NULL, what every
+    // existing key reads back, is the gateway's default TTL and entries scoped to the key alone.
+    name: 'keys.cache_ttl_seconds and keys.cache_group',
+    sql: `
+ALTER TABLE keys ADD COLUMN cache_ttl_seconds INTEGER;
+ALTER TABLE keys ADD COLUMN cache_group TEXT;
+`,
+  },
+  {
+    // The budget tokens a cache hit saved (UsageRecord.savedTokens), summed in the rollups like
+    // the other token counts. Rows written before it saved nothing, so 0 keeps the rollups exact.
+    name: 'usage.saved_tokens, summed in usage_hourly and usage_daily',
+    sql: `
+ALTER TABLE usage ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage_hourly ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage_daily ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -34,6 +34,8 @@ export interface KeyRow<Models, Flag> {
   models: Models | null;
   expires_at: number | null;
   disabled: Flag;
+  cache_ttl_seconds: number | null;
+  cache_group: string | null;
   created_at: number;
   updated_at: number;
 }
@@ -41,14 +43,14 @@ export interface KeyRow<Models, Flag> {
 /** The keys columns in the order `keyValues` gives them, for an INSERT. */
 export const KEY_COLUMNS = [
   'id', 'name', 'key_hash', 'key_preview', 'budget_tokens', 'window_seconds', 'rpm', 'concurrent', 'models',
-  'expires_at', 'disabled', 'created_at', 'updated_at',
+  'expires_at', 'disabled', 'cache_ttl_seconds', 'cache_group', 'created_at', 'updated_at',
 ] as const;
 
 /** A key's values in KEY_COLUMNS order, its `models` and `disabled` already in the dialect's form. */
 export function keyValues<Models, Flag>(key: KeyRecord, models: Models | null, disabled: Flag): Array<string | number | null | Models | Flag> {
   return [
     key.id, key.name, key.hash, key.preview, key.budgetTokens, key.windowSeconds, key.rpm, key.concurrent,
-    models, key.expiresAt, disabled, key.createdAt, key.updatedAt,
+    models, key.expiresAt, disabled, key.cacheTtlSeconds, key.cacheGroup, key.createdAt, key.updatedAt,
   ];
 }
 
@@ -66,6 +68,8 @@ export function rowToKey(row: KeyRow<unknown, unknown>, models: string[] | null,
     models,
     expiresAt: row.expires_at,
     disabled,
+    cacheTtlSeconds: row.cache_ttl_seconds,
+    cacheGroup: row.cache_group,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
@@ -81,6 +85,8 @@ export const PATCH_COLUMNS: Record<keyof KeyPatch, string> = {
   models: 'models',
   expiresAt: 'expires_at',
   disabled: 'disabled',
+  cacheTtlSeconds: 'cache_ttl_seconds',
+  cacheGroup: 'cache_group',
 };
 
 /** The fields a patch sets (those not undefined), among PATCH_COLUMNS only. */
@@ -136,20 +142,31 @@ export const SUMMED_COLUMNS = {
   cache_creation_tokens: 'cacheCreationTokens',
   cache_read_tokens: 'cacheReadTokens',
   billed_tokens: 'billedTokens',
+  saved_tokens: 'savedTokens',
   latency_ms: 'totalLatencyMs',
 } as const satisfies Record<string, Exclude<keyof UsageRow, 'group' | 'model'>>;
-export const SUMMED = Object.keys(SUMMED_COLUMNS);
+export type SummedColumn = keyof typeof SUMMED_COLUMNS;
+export const SUMMED = Object.keys(SUMMED_COLUMNS) as SummedColumn[];
 
 /**
- * The summed columns over raw usage rows, as the rollups hold them: each row counts as
- * `requests` requests (errors and cache hits likewise).
+ * Each summed column over raw usage rows, as the rollups hold it: each row counts as `requests`
+ * requests (errors and cache hits likewise). Keyed by SUMMED_COLUMNS, so that a new summed column
+ * cannot be left out of the rollups or the raw parts of a report.
  */
-export const RAW_SUMS = `SUM(requests) AS requests,
-  SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
-  SUM(CASE WHEN cached THEN requests ELSE 0 END) AS cached_requests,
-  SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
-  SUM(cache_creation_tokens) AS cache_creation_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
-  SUM(billed_tokens) AS billed_tokens, SUM(latency_ms) AS latency_ms`;
+const RAW_SUM_OF: Record<SummedColumn, string> = {
+  requests: 'SUM(requests)',
+  errors: "SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END)",
+  cached_requests: 'SUM(CASE WHEN cached THEN requests ELSE 0 END)',
+  input_tokens: 'SUM(input_tokens)',
+  output_tokens: 'SUM(output_tokens)',
+  cache_creation_tokens: 'SUM(cache_creation_tokens)',
+  cache_read_tokens: 'SUM(cache_read_tokens)',
+  billed_tokens: 'SUM(billed_tokens)',
+  saved_tokens: 'SUM(saved_tokens)',
+  latency_ms: 'SUM(latency_ms)',
+};
+/** The summed columns over raw usage rows, in SUMMED order (rollup inserts rely on it). */
+export const RAW_SUMS = SUMMED.map((c) => `${RAW_SUM_OF[c]} AS ${c}`).join(',\n  ');
 /** The summed columns over a rollup's rows. */
 export const ROLLUP_SUMS = SUMMED.map((c) => `SUM(${c}) AS ${c}`).join(', ');
 /** The parts' sums added up, named as UsageRow fields (quoted: both dialects keep the case). */

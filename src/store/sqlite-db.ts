@@ -54,9 +54,9 @@ function toColumnValue(field: keyof KeyPatch, value: unknown): SQLInputValue {
  * all three; an existing file (and its -wal/-shm) of ours is narrowed to 0600. A file owned by
  * another user, which we may not chmod, keeps the mode its owner gave it.
  */
-function prepareFiles(dataDir: string): string {
+export function prepareFiles(dataDir: string, file: string = DB_FILE): string {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const path = join(dataDir, DB_FILE);
+  const path = join(dataDir, file);
   closeSync(openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600));
   for (const file of [path, `${path}-wal`, `${path}-shm`]) {
     try {
@@ -135,8 +135,8 @@ export class SqliteDatabase implements SyncStore {
       ),
       generation: this.db.prepare("SELECT value FROM meta WHERE name = 'keys_generation'"),
       insertUsage: this.db.prepare(
-        `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests, saved_tokens)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       rollUps: ROLLUPS.map((r) => this.db.prepare(rollUpSql(r.table, r.period, r.periodMs))),
       getMeta: this.db.prepare('SELECT value FROM meta WHERE name = ?'),
@@ -215,7 +215,7 @@ export class SqliteDatabase implements SyncStore {
         last = this.statements.insertUsage.run(
           r.ts, r.keyId, r.requestId, r.endpoint, r.model, r.status, r.inputTokens, r.outputTokens,
           r.cacheCreationTokens, r.cacheReadTokens, r.billedTokens, r.latencyMs, r.cached ? 1 : 0,
-          r.streamed ? 1 : 0, r.outcome, r.requests ?? 1,
+          r.streamed ? 1 : 0, r.outcome, r.requests ?? 1, r.savedTokens ?? 0,
         ).lastInsertRowid;
         first ??= last;
       }

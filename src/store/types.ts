@@ -20,11 +20,24 @@ export interface KeyRecord {
   /** Unix ms, or null for no expiry. */
   expiresAt: number | null;
   disabled: boolean;
+  /**
+   * How long the response cache keeps this key's answers, in seconds: null is the gateway's
+   * default TTL, 0 turns the cache off for the key, else 1 s to 30 days (validated by KeyInput, admin.ts).
+   */
+  cacheTtlSeconds: number | null;
+  /**
+   * Whose cache entries this key shares: null scopes them to the key alone; a name
+   * ([A-Za-z0-9_-]{1,64}) shares them among every key of that group.
+   */
+  cacheGroup: string | null;
   createdAt: number;
   updatedAt: number;
 }
 
-export type KeyPatch = Partial<Pick<KeyRecord, 'name' | 'budgetTokens' | 'windowSeconds' | 'rpm' | 'concurrent' | 'models' | 'expiresAt' | 'disabled'>>;
+export type KeyPatch = Partial<Pick<
+  KeyRecord,
+  'name' | 'budgetTokens' | 'windowSeconds' | 'rpm' | 'concurrent' | 'models' | 'expiresAt' | 'disabled' | 'cacheTtlSeconds' | 'cacheGroup'
+>>;
 
 export type UsageOutcome = 'ok' | 'error' | 'client_closed' | 'upstream_cut' | 'rejected';
 
@@ -47,6 +60,11 @@ export interface UsageRecord {
   cached: boolean;
   streamed: boolean;
   outcome: UsageOutcome;
+  /**
+   * For a request answered from the response cache (`cached: true`): the budget tokens the
+   * original answer cost, which this one did not. Default 0; summed like the token counts.
+   */
+  savedTokens?: number;
   /**
    * How many requests this record stands for; default 1. Refusals are coalesced into one record
    * per (key, endpoint, model, status, minute) so that a client hammering a limit cannot grow
@@ -89,6 +107,8 @@ export interface UsageRow {
   cacheCreationTokens: number;
   cacheReadTokens: number;
   billedTokens: number;
+  /** Sum of UsageRecord.savedTokens: what the group's cache hits saved. */
+  savedTokens: number;
   totalLatencyMs: number;
 }
 

@@ -1,0 +1,39 @@
+/**
+ * The cache's admin routes, mounted under /admin (behind the admin token) by admin.ts:
+ *
+ *   GET    /admin/cache             tiers (entries, bytes each), and this instance's hits,
+ *                                   misses, bypasses and tokens saved since it started
+ *   DELETE /admin/cache[?key=ID]    purge everything, or the entries one key can be served
+ *
+ * A purge clears the shared tier and this instance's memory tier; in the scale-out mode the
+ * other instances' memory tiers keep their copies until they expire (README: Response cache).
+ */
+import { Hono } from 'hono';
+import { NotFoundError } from '../errors.ts';
+import type { GatewayEnv } from '../pipeline.ts';
+import type { KeyStore } from '../store/types.ts';
+import { cacheScope } from './stage.ts';
+import type { CacheCounters } from './stage.ts';
+import type { TieredCache } from './tiered.ts';
+
+export function cacheAdminRoutes(deps: { cache: TieredCache; counters: CacheCounters; keys: KeyStore }): Hono<GatewayEnv> {
+  const routes = new Hono<GatewayEnv>();
+
+  routes.get('/', async (c) => {
+    const { hits, misses, bypassed, tokensSaved } = deps.counters;
+    return c.json({
+      tiers: await deps.cache.stats(),
+      since_start: { hits, misses, bypassed, tokens_saved: tokensSaved, hit_rate: hits + misses > 0 ? hits / (hits + misses) : 0 },
+    });
+  });
+
+  routes.delete('/', async (c) => {
+    const keyId = c.req.query('key');
+    if (!keyId) return c.json({ purged: await deps.cache.purge() });
+    const key = await deps.keys.getKey(keyId);
+    if (!key) throw new NotFoundError(`No key with id ${keyId}.`);
+    return c.json({ key_id: keyId, purged: await deps.cache.purge(cacheScope(key)) });
+  });
+
+  return routes;
+}
