@@ -78,6 +78,30 @@ describe('response cache', () => {
     expect(upstreamCalls(stack)).toBe(2);
   });
 
+  it('thinking (signature byte-identical), text and tool_use survive the round trip, streamed and as JSON', async () => {
+    stack = await startStack({ config: { cache: { enabled: true } } });
+    const { key } = await stack.newKey({ name: 'cache-rich' });
+    const client = stack.client(key);
+    const rich = { headers: { 'x-fake-content': 'rich' } };
+    const params = {
+      ...PARAMS,
+      max_tokens: 2000,
+      thinking: { type: 'enabled' as const, budget_tokens: 1024 },
+      tools: [{ name: 'get_weather', description: 'Weather by city', input_schema: { type: 'object' as const, properties: { city: { type: 'string' } } } }],
+    };
+    const original = await client.messages.stream(params, rich).finalMessage();
+    expect(original.content.map((b) => b.type)).toEqual(['thinking', 'text', 'tool_use']);
+    const replayed = await client.messages.stream(params, rich).finalMessage();
+    expect(apiFields(replayed)).toEqual(apiFields(original));
+    const thinking = (block: Anthropic.ContentBlock) => block as Anthropic.ThinkingBlock;
+    expect(thinking(replayed.content[0]!).signature).toBe(thinking(original.content[0]!).signature);
+    expect((replayed.content[2] as Anthropic.ToolUseBlock).input).toEqual({ city: 'Paris', days: 3, units: 'metric', note: 'naïve "quotes" \\ back' });
+    const asJson = await client.messages.create(params, rich).withResponse();
+    expect(asJson.response.headers.get('x-cache')).toBe('HIT');
+    expect(apiFields(asJson.data)).toEqual(apiFields(original));
+    expect(upstreamCalls(stack)).toBe(1);
+  });
+
   it('matches exactly, whatever the key order and whitespace; any change is a miss', async () => {
     stack = await startStack({ config: { cache: { enabled: true } } });
     const { key } = await stack.newKey({ name: 'cache-order' });

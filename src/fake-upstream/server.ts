@@ -368,6 +368,11 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     }
     const msgId = newId('msg_fake_');
 
+    if (headerString(req, 'x-fake-content') === 'rich') {
+      await sendRich(res, requestId, body, model, msgId, n, { input, creation, read });
+      return;
+    }
+
     if (body['stream'] !== true) {
       const usage = {
         input_tokens: input,
@@ -494,6 +499,72 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (gone || closed) return;
     }
     res.end(EV_MESSAGE_STOP);
+  }
+
+  /**
+   * `x-fake-content: rich`: an answer with a thinking block (and its signature), the N-word text
+   * and a tool_use block, stop_reason tool_use — as JSON or as the API streams it (thinking_delta,
+   * signature_delta, text_delta, input_json_delta in two parts). No faults in this mode.
+   */
+  async function sendRich(
+    res: ServerResponse,
+    requestId: string,
+    body: Record<string, unknown>,
+    model: string,
+    msgId: string,
+    n: number,
+    tokens: { input: number; creation: number; read: number },
+  ): Promise<void> {
+    const thinking = 'The user wants the weather; I should call the tool. Ünïcödé ✓.';
+    const signature = createHash('sha256').update(msgId).digest('base64') + 'EqQBCkgIARABGAIiQL';
+    const input = { city: 'Paris', days: 3, units: 'metric', note: 'naïve "quotes" \\ back' };
+    const toolId = newId('toolu_fake_');
+    const output = n + 20;
+    const usage = {
+      input_tokens: tokens.input, cache_creation_input_tokens: tokens.creation, cache_read_input_tokens: tokens.read,
+      cache_creation: { ephemeral_5m_input_tokens: tokens.creation, ephemeral_1h_input_tokens: 0 }, output_tokens: output, service_tier: 'standard',
+    };
+    const content = [
+      { type: 'thinking', thinking, signature },
+      { type: 'text', text: replyText(n) },
+      { type: 'tool_use', id: toolId, name: 'get_weather', input },
+    ];
+    const reported = { input_tokens: tokens.input, output_tokens: output, cache_creation_input_tokens: tokens.creation, cache_read_input_tokens: tokens.read };
+    if (body['stream'] !== true) {
+      const message = { id: msgId, type: 'message', role: 'assistant', model, content, stop_reason: 'tool_use', stop_sequence: null, stop_details: null, usage };
+      if (await sendJson(res, 200, requestId, message, false)) report(requestId, reported);
+      return;
+    }
+    const headers = commonHeaders(requestId);
+    headers['content-type'] = 'text/event-stream; charset=utf-8';
+    headers['cache-control'] = 'no-cache';
+    res.writeHead(200, headers);
+    const inputJson = JSON.stringify(input);
+    const events = [
+      sse('message_start', { type: 'message_start', message: { id: msgId, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, stop_details: null, usage: { ...usage, output_tokens: 1 } } }),
+      sse('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'thinking', thinking: '', signature: '' } }),
+      EV_PING,
+      sse('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'thinking_delta', thinking: thinking.slice(0, 20) } }),
+      sse('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'thinking_delta', thinking: thinking.slice(20) } }),
+      sse('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'signature_delta', signature } }),
+      sse('content_block_stop', { type: 'content_block_stop', index: 0 }),
+      sse('content_block_start', { type: 'content_block_start', index: 1, content_block: { type: 'text', text: '' } }),
+      ...Array.from({ length: n }, (_, i) => sse('content_block_delta', { type: 'content_block_delta', index: 1, delta: { type: 'text_delta', text: i === 0 ? wordAt(0) : ` ${wordAt(i)}` } })),
+      sse('content_block_stop', { type: 'content_block_stop', index: 1 }),
+      sse('content_block_start', { type: 'content_block_start', index: 2, content_block: { type: 'tool_use', id: toolId, name: 'get_weather', input: {} } }),
+      sse('content_block_delta', { type: 'content_block_delta', index: 2, delta: { type: 'input_json_delta', partial_json: inputJson.slice(0, 9) } }),
+      sse('content_block_delta', { type: 'content_block_delta', index: 2, delta: { type: 'input_json_delta', partial_json: inputJson.slice(9) } }),
+      sse('content_block_stop', { type: 'content_block_stop', index: 2 }),
+      sse('message_delta', { type: 'message_delta', delta: { stop_reason: 'tool_use', stop_sequence: null, stop_details: null }, usage }),
+      EV_MESSAGE_STOP,
+    ];
+    report(requestId, { ...reported, output_tokens: 1 });
+    for (const event of events) {
+      if (res.destroyed || closed) return;
+      if (!res.write(event)) await waitDrain(res);
+    }
+    report(requestId, reported);
+    res.end();
   }
 
   async function handleModels(res: ServerResponse, requestId: string, query: string, cut: boolean): Promise<void> {
