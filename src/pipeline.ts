@@ -2,14 +2,17 @@
  * The request pipeline of the metered endpoints, top to bottom:
  *
  *   authenticate → admit (budget spent?, concurrency, rpm) → read and scan the body (size limit,
- *   JSON, the fields the gateway acts on) → resolve model (catalog, key's list) → reserve (strict
- *   mode) → upstream → relay (JSON, or SSE as it arrives) → finish (free the slot, bill the
- *   tokens, record usage)
+ *   JSON, the fields the gateway acts on) → resolve model (catalog, key's list) → cache (a hit
+ *   answers here) → reserve (strict mode) → upstream → relay (JSON, or SSE as it arrives)
+ *   → finish (release, free the slot, bill the tokens, record usage)
+ *
+ * The stages' contract: each stage either passes on or answers early (a refusal is a thrown
+ * GatewayError, mapped to the wire once in gateway.ts; the cache's hit is a Response). What a
+ * stage acquires it hands to the meter (`RequestMeter.admitted`, `defer`), and `finish` — the
+ * one exit, run exactly once whatever happened — releases it all in reverse order.
  *
  * Admission comes before the body: a key at its limits is refused without the gateway reading,
  * buffering or parsing a byte of its upload, and an upload in progress holds a concurrency slot.
- * Every stage throws a GatewayError on refusal; gateway.ts maps those to the wire once.
- * Whatever happens after admission, `finish` runs exactly once.
  */
 import type { HttpBindings } from '@hono/node-server';
 import type { IncomingMessage } from 'node:http';

@@ -69,6 +69,26 @@ export function prepareFiles(dataDir: string, file: string = DB_FILE): string {
   return path;
 }
 
+/**
+ * Runs one step of opening the file, again after a short pause while another connection opening
+ * the same fresh file holds it: switching to WAL (and WAL recovery) can answer SQLITE_BUSY
+ * without waiting through the busy timeout. This runs on the store's worker thread, where a
+ * blocking pause holds up nothing else.
+ */
+function openingStep(step: () => void): void {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let attempt = 1; ; attempt++) {
+    try {
+      step();
+      return;
+    } catch (err) {
+      const code = ((err as { errcode?: number }).errcode ?? 0) & 0xff; // the primary code of an extended one
+      if ((code !== 5 && code !== 6) || attempt >= 50) throw err; // SQLITE_BUSY, SQLITE_LOCKED
+      Atomics.wait(pause, 0, 0, 20 + Math.floor(Math.random() * 30));
+    }
+  }
+}
+
 /** floor(column / divisor) in SQLite, whose integer division truncates towards zero. */
 function floorDiv(column: string, divisor: number): string {
   return `(${column} / ${divisor} - (${column} % ${divisor} < 0))`;
@@ -117,8 +137,8 @@ export class SqliteDatabase implements SyncStore {
     // The busy timeout is set at open, before anything below that may need a lock.
     this.db = new DatabaseSync(this.path, { timeout: options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS });
     try {
-      this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;');
-      migrate(this.db);
+      openingStep(() => this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;'));
+      openingStep(() => migrate(this.db));
     } catch (err) {
       this.db.close();
       throw err;
