@@ -53,6 +53,11 @@ export interface Backends extends StoreBackends {
   limiter: RateLimiter;
   /** The response cache: memory in front of SQLite (embedded) or Redis (scale-out). */
   cache: TieredCache;
+  /**
+   * Tells every instance that cache entries were purged, so they drop their memory tiers (the
+   * shared tier is purged by whoever purges). Nothing to tell in the embedded mode.
+   */
+  cachePurges: KeyChangeSignal;
 }
 
 /** Which mode the config asks for; a half-configured scale-out is a ConfigError. */
@@ -122,6 +127,7 @@ export async function openBackends(config: Config, logger: Logger): Promise<Back
     opened.push(limiter);
     const memory = new MemoryCacheTier({ maxBytes: config.cache.memoryMaxBytes });
     let cache: TieredCache;
+    let cachePurges: KeyChangeSignal = NO_KEY_CHANGE_SIGNAL;
     if (durable.mode === 'embedded') {
       const shared = await opened_('the SQLite cache', () => SqliteCacheTier.open(config.dataDir, { logger }));
       cache = new TieredCache({ memory, shared, logger });
@@ -130,12 +136,21 @@ export async function openBackends(config: Config, logger: Logger): Promise<Back
       const shared = await opened_('Redis (REDIS_URL)', () => RedisCacheTier.open(config.redisUrl!, { logger, prefix: config.scaleOut.redisPrefix }));
       // The Redis tier is also the instances' single-flight lock.
       cache = new TieredCache({ memory, shared, lock: shared, logger });
+      const { RedisKeyChangeSignal } = await import('./redis-key-changes.ts');
+      const signal = await opened_('Redis (REDIS_URL)', () =>
+        RedisKeyChangeSignal.open(config.redisUrl!, { logger, channel: `${config.scaleOut.redisPrefix}cache-purge` }));
+      opened.push(signal);
+      // Another instance purged: drop this one's memory copies (re-read from Redis when asked).
+      await signal.subscribe(() => void memory.purge());
+      cachePurges = signal;
     }
     return {
       ...durable,
       limiter,
       cache,
+      cachePurges,
       close: async () => {
+        await cachePurges.close();
         await cache.close();
         await limiter.close();
         await durable.close();

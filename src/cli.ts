@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import pino from 'pino';
 import { validateKeyInput, parseTime } from './admin.ts';
-import { BackendUnavailableError, openSharedCache, openStoreBackends } from './backends.ts';
+import { backendMode, BackendUnavailableError, openSharedCache, openStoreBackends } from './backends.ts';
 import { cacheScope } from './cache/stage.ts';
 import { GatewayError } from './errors.ts';
 import { ModelCatalog } from './catalog.ts';
@@ -355,6 +355,13 @@ async function runCache(config: Config, args: string[]): Promise<void> {
           }
         }
         result = { ...(values.key ? { key_id: values.key } : {}), purged: { [tier.name]: await tier.purge(scope) } };
+        if (backendMode(config) === 'scale-out') {
+          // Running instances drop their memory copies too (as after a purge through the admin API).
+          const { RedisKeyChangeSignal } = await import('./redis-key-changes.ts');
+          const signal = await RedisKeyChangeSignal.open(config.redisUrl!, { logger: createLogger('warn', pino.destination(2)), channel: `${config.scaleOut.redisPrefix}cache-purge` });
+          await signal.publish();
+          await signal.close();
+        }
       }
     } finally {
       await tier.close();

@@ -254,7 +254,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     '/admin',
     adminRoutes({
       config, store, keys, catalog, adminTokenHash: admin.hash, logger,
-      mount: [['/cache', cacheAdminRoutes({ cache, counters: cacheCounters, keys: store })]],
+      mount: [['/cache', cacheAdminRoutes({ cache, counters: cacheCounters, keys: store, purges: backends.cachePurges })]],
     }),
   );
 

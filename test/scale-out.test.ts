@@ -157,6 +157,17 @@ describe.skipIf(!services.both)('three gateway instances on PostgreSQL and Redis
     }
     // One upstream call in all.
     expect(fake.requests.filter((r) => r.path === '/v1/messages' && r.body.includes('"max_tokens":25'))).toHaveLength(1);
+
+    // A purge through one instance reaches the others' memory copies too.
+    expect((await admin(instances[0]!, 'DELETE', '/cache')).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 200));
+    const after = await fetch(`${instances[1]!.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': key, 'content-type': 'application/json', ...cached },
+      body: JSON.stringify({ messages: [MESSAGE], max_tokens: 25, model: 'claude-haiku-4-5' }),
+    });
+    expect(after.headers.get('x-cache')).toBe('MISS');
+    await after.text();
   });
 
   it('rpm 10: of 30 requests spread over the instances, exactly 10 are admitted', async () => {

@@ -5,18 +5,19 @@
  *                                   misses, bypasses and tokens saved since it started
  *   DELETE /admin/cache[?key=ID]    purge everything, or the entries one key can be served
  *
- * A purge clears the shared tier and this instance's memory tier; in the scale-out mode the
- * other instances' memory tiers keep their copies until they expire (README: Response cache).
+ * A purge clears the shared tier and this instance's memory tier, and in the scale-out mode tells
+ * the other instances (Redis pub/sub) to drop their memory tiers.
  */
 import { Hono } from 'hono';
 import { NotFoundError } from '../errors.ts';
 import type { GatewayEnv } from '../pipeline.ts';
+import type { KeyChangeSignal } from '../key-changes.ts';
 import type { KeyStore } from '../store/types.ts';
 import { cacheScope } from './stage.ts';
 import type { CacheCounters } from './stage.ts';
 import type { TieredCache } from './tiered.ts';
 
-export function cacheAdminRoutes(deps: { cache: TieredCache; counters: CacheCounters; keys: KeyStore }): Hono<GatewayEnv> {
+export function cacheAdminRoutes(deps: { cache: TieredCache; counters: CacheCounters; keys: KeyStore; purges: KeyChangeSignal }): Hono<GatewayEnv> {
   const routes = new Hono<GatewayEnv>();
 
   routes.get('/', async (c) => {
@@ -29,10 +30,12 @@ export function cacheAdminRoutes(deps: { cache: TieredCache; counters: CacheCoun
 
   routes.delete('/', async (c) => {
     const keyId = c.req.query('key');
-    if (!keyId) return c.json({ purged: await deps.cache.purge() });
-    const key = await deps.keys.getKey(keyId);
-    if (!key) throw new NotFoundError(`No key with id ${keyId}.`);
-    return c.json({ key_id: keyId, purged: await deps.cache.purge(cacheScope(key)) });
+    const key = keyId ? await deps.keys.getKey(keyId) : undefined;
+    if (keyId && !key) throw new NotFoundError(`No key with id ${keyId}.`);
+    const purged = await deps.cache.purge(key ? cacheScope(key) : undefined);
+    // The other instances drop their memory copies (all of them: cheap to re-read from Redis).
+    await deps.purges.publish();
+    return c.json(keyId ? { key_id: keyId, purged } : { purged });
   });
 
   return routes;
