@@ -10,7 +10,8 @@ import { startFakeUpstream, type FakeUpstream } from '../src/fake-upstream/serve
 import { runCli, startGatewayProcess, type GatewayProcess } from './gateway-process.ts';
 import { startTcpProxy, type TcpProxy } from './fixtures.ts';
 import { MESSAGE } from './helpers.ts';
-import { createTestDatabase, POSTGRES_ADMIN_URL, REDIS_URL, services, testRedisPrefix } from './services.ts';
+import { deleteKeys } from './limits-redis-helpers.ts';
+import { createTestDatabase, REDIS_URL, services, testRedisPrefix } from './services.ts';
 
 const ADMIN_TOKEN = 'scale-out-admin-token-0123456789';
 const LEASE_TTL_MS = 2000;
@@ -59,7 +60,7 @@ afterAll(async () => {
   await pgProxy?.close();
   await redisProxy?.close();
   await database?.drop();
-  void POSTGRES_ADMIN_URL;
+  if (env) await deleteKeys(env.CLAUDCODE_REDIS_PREFIX!);
 }, 30_000);
 
 async function admin<T = any>(instance: GatewayProcess, method: string, path: string, body?: unknown): Promise<{ status: number; json: T }> {
