@@ -32,7 +32,7 @@ export type BackendMode = 'embedded' | 'scale-out';
 export class BackendUnavailableError extends Error {}
 
 /** Opens one backend, turning its failure into a BackendUnavailableError that names it. */
-async function opened_<T>(what: string, open: () => Promise<T>): Promise<T> {
+async function openNamed<T>(what: string, open: () => Promise<T>): Promise<T> {
   try {
     return await open();
   } catch (err) {
@@ -76,15 +76,15 @@ export function backendMode(config: Pick<Config, 'databaseUrl' | 'redisUrl'>): B
 /** The store and key-change signal (the CLI's needs). */
 export async function openStoreBackends(config: Config, logger: Logger): Promise<StoreBackends> {
   if (backendMode(config) === 'embedded') {
-    const store = await opened_('the SQLite store', () => SqliteStore.open(config.dataDir));
+    const store = await openNamed('the SQLite store', () => SqliteStore.open(config.dataDir));
     return { mode: 'embedded', store, keyChanges: NO_KEY_CHANGE_SIGNAL, close: () => store.close() };
   }
   const { PostgresStore } = await import('./store/postgres.ts');
   const { RedisKeyChangeSignal } = await import('./redis-key-changes.ts');
-  const store = await opened_('the PostgreSQL store (DATABASE_URL)', () => PostgresStore.open(config.databaseUrl!, { logger }));
+  const store = await openNamed('the PostgreSQL store (DATABASE_URL)', () => PostgresStore.open(config.databaseUrl!, { logger }));
   let keyChanges: KeyChangeSignal;
   try {
-    keyChanges = await opened_('Redis (REDIS_URL)', () => RedisKeyChangeSignal.open(config.redisUrl!, { logger, channel: `${config.scaleOut.redisPrefix}keys` }));
+    keyChanges = await openNamed('Redis (REDIS_URL)', () => RedisKeyChangeSignal.open(config.redisUrl!, { logger, channel: `${config.scaleOut.redisPrefix}keys` }));
   } catch (err) {
     await store.close();
     throw err;
@@ -105,9 +105,9 @@ export async function openStoreBackends(config: Config, logger: Logger): Promise
  * instances' memory tiers are not reached: they keep their copies until they expire.
  */
 export async function openSharedCache(config: Config, logger: Logger): Promise<CacheTier> {
-  if (backendMode(config) === 'embedded') return opened_('the SQLite cache', () => SqliteCacheTier.open(config.dataDir, { logger }));
+  if (backendMode(config) === 'embedded') return openNamed('the SQLite cache', () => SqliteCacheTier.open(config.dataDir, { logger }));
   const { RedisCacheTier } = await import('./cache/redis.ts');
-  return opened_('Redis (REDIS_URL)', () => RedisCacheTier.open(config.redisUrl!, { logger, prefix: config.scaleOut.redisPrefix }));
+  return openNamed('Redis (REDIS_URL)', () => RedisCacheTier.open(config.redisUrl!, { logger, prefix: config.scaleOut.redisPrefix }));
 }
 
 /** Store, key-change signal, limiter and response cache (a gateway instance's needs). */
@@ -117,7 +117,7 @@ export async function openBackends(config: Config, logger: Logger): Promise<Back
   try {
     const limiter: RateLimiter = durable.mode === 'embedded'
       ? new MemoryRateLimiter()
-      : await opened_('Redis (REDIS_URL)', async () =>
+      : await openNamed('Redis (REDIS_URL)', async () =>
         (await import('./limits/redis.ts')).RedisRateLimiter.open(config.redisUrl!, {
           logger,
           failOpen: config.scaleOut.limitsFailOpen,
@@ -129,15 +129,15 @@ export async function openBackends(config: Config, logger: Logger): Promise<Back
     let cache: TieredCache;
     let cachePurges: KeyChangeSignal = NO_KEY_CHANGE_SIGNAL;
     if (durable.mode === 'embedded') {
-      const shared = await opened_('the SQLite cache', () => SqliteCacheTier.open(config.dataDir, { logger }));
+      const shared = await openNamed('the SQLite cache', () => SqliteCacheTier.open(config.dataDir, { logger }));
       cache = new TieredCache({ memory, shared, logger });
     } else {
       const { RedisCacheTier } = await import('./cache/redis.ts');
-      const shared = await opened_('Redis (REDIS_URL)', () => RedisCacheTier.open(config.redisUrl!, { logger, prefix: config.scaleOut.redisPrefix }));
+      const shared = await openNamed('Redis (REDIS_URL)', () => RedisCacheTier.open(config.redisUrl!, { logger, prefix: config.scaleOut.redisPrefix }));
       // The Redis tier is also the instances' single-flight lock.
       cache = new TieredCache({ memory, shared, lock: shared, logger });
       const { RedisKeyChangeSignal } = await import('./redis-key-changes.ts');
-      const signal = await opened_('Redis (REDIS_URL)', () =>
+      const signal = await openNamed('Redis (REDIS_URL)', () =>
         RedisKeyChangeSignal.open(config.redisUrl!, { logger, channel: `${config.scaleOut.redisPrefix}cache-purge` }));
       opened.push(signal);
       // Another instance purged: drop this one's memory copies (re-read from Redis when asked).

@@ -30,7 +30,7 @@ import type { Logger } from './logger.ts';
 import { readScannedRequest, withModel } from './request-body.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
 import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders, type UpstreamClient } from './upstream.ts';
-import { billedTokens, emptyUsage, SseUsageTap, usageFromJson, type TokenUsage, type UsageRecorder } from './usage.ts';
+import { billedTokens, emptyUsage, parseJsonBody, SseUsageTap, usageFromMessage, type TokenUsage, type UsageRecorder } from './usage.ts';
 
 export interface GatewayServices {
   /** The response cache (src/cache/) and this instance's counts of its decisions. */
@@ -223,8 +223,12 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
       return new Response(relaySse(upstream.body, meter, maxTokens, upstream.statusCode === 200 ? cache : NOT_CACHEABLE), { status: upstream.statusCode, headers });
     }
     const bytes = await readUpstreamBody(upstream, meter);
-    const usage = endpoint.budgeted ? usageFromJson(bytes) : emptyUsage();
-    if (upstream.statusCode === 200 && cache.status === 'MISS') storeCompleteMessage(cache, bytes, meter.billable(usage));
+    // Parsed once: for the usage to bill, and for the cache to store a complete message.
+    const message = endpoint.budgeted ? parseJsonBody(bytes) : undefined;
+    const usage = usageFromMessage(message);
+    if (upstream.statusCode === 200 && cache.status === 'MISS' && isCompleteMessage(message)) {
+      cache.store(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), meter.billable(usage));
+    }
     meter.finish(upstream.statusCode, 'ok', usage, endpoint.budgeted);
     return new Response(bytes, { status: upstream.statusCode, headers });
   } catch (err) {
@@ -264,15 +268,10 @@ function responseHeaders(
   return headers;
 }
 
-/** Stores a non-streamed answer if it is a complete message (a stop reason, no error). */
-function storeCompleteMessage(cache: CacheDecision, bytes: Uint8Array, tokensSaved: number): void {
-  const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
-  try {
-    const message = JSON.parse(text) as { type?: unknown; stop_reason?: unknown };
-    if (message.type === 'message' && typeof message.stop_reason === 'string') cache.store(text, tokensSaved);
-  } catch {
-    // Not a message: nothing to store.
-  }
+/** A non-streamed answer the cache may store: a message with a stop reason. */
+function isCompleteMessage(message: unknown): boolean {
+  const m = message as { type?: unknown; stop_reason?: unknown } | undefined;
+  return m?.type === 'message' && typeof m.stop_reason === 'string';
 }
 
 /**

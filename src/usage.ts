@@ -41,15 +41,25 @@ export function billedTokens(usage: TokenUsage, weights: Config['budget']['weigh
   return Math.ceil(Math.round(weighted * 1e6) / 1e6);
 }
 
+/** A (non-streaming) response body parsed once, for its usage and for the cache; undefined if not JSON. */
+export function parseJsonBody(body: Uint8Array): unknown {
+  try {
+    return JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Usage from a parsed Messages response; zeros if it has none (not JSON: nothing is billed). */
+export function usageFromMessage(message: unknown): TokenUsage {
+  const usage = emptyUsage();
+  if (message && typeof message === 'object') mergeUsage(usage, (message as { usage?: unknown }).usage);
+  return usage;
+}
+
 /** Usage from a complete (non-streaming) Messages response body; zeros if it has none. */
 export function usageFromJson(body: Uint8Array): TokenUsage {
-  const usage = emptyUsage();
-  try {
-    mergeUsage(usage, (JSON.parse(Buffer.from(body).toString('utf8')) as { usage?: unknown }).usage);
-  } catch {
-    // Not JSON: nothing was reported, nothing is billed.
-  }
-  return usage;
+  return usageFromMessage(parseJsonBody(body));
 }
 
 /**

@@ -38,8 +38,8 @@ import { join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { throttled, type Logger } from '../logger.ts';
-import { prepareFiles } from '../store/sqlite-db.ts';
-import { deserializeError, serializeError, type SerializedError } from '../store/worker-protocol.ts';
+import { immediateTransaction, prepareFiles } from '../store/sqlite-db.ts';
+import { deserializeError, PendingCalls, serializeError, type CallResult, type SerializedError } from '../store/worker-protocol.ts';
 import { entrySize } from './memory.ts';
 import type { CacheEntry, CacheStats, CacheTier } from './types.ts';
 
@@ -87,7 +87,7 @@ interface Request {
   op: Op;
   args: unknown[];
 }
-type Response = { id: number; ok: true; value: unknown } | { id: number; ok: false; error: SerializedError };
+type Response = CallResult;
 type Startup = { ready: true } | { ready: false; error: SerializedError };
 
 
@@ -170,15 +170,7 @@ class CacheWriter {
   }
 
   private transaction<T>(work: () => T): T {
-    this.db.exec('BEGIN IMMEDIATE');
-    try {
-      const result = work();
-      this.db.exec('COMMIT');
-      return result;
-    } catch (err) {
-      if (this.db.isTransaction) this.db.exec('ROLLBACK');
-      throw err;
-    }
+    return immediateTransaction(this.db, work);
   }
 
   set(key: string, entry: CacheEntry): void {
@@ -268,27 +260,21 @@ if (!isMainThread && (workerData as Partial<WorkerConfig> | null)?.role === WORK
 // ---------------------------------------------------------------------------------------------
 // The request thread's side.
 
-interface Pending {
-  resolve(value: unknown): void;
-  reject(err: Error): void;
-}
-
 /** The writing thread and its unanswered calls; an idle one does not keep the process alive. */
 class WriterThread {
   private readonly worker: Worker;
-  private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
-  private closing = false;
+  private readonly pending: PendingCalls;
   failure: Error | undefined;
   readonly ready: Promise<void>;
   readonly exited: Promise<void>;
 
   constructor(config: WorkerConfig) {
     this.worker = new Worker(new URL(import.meta.url), { workerData: config, execArgv: [] });
+    this.pending = new PendingCalls(this.worker);
     this.ready = new Promise((resolve, reject) => {
       this.worker.once('message', (startup: Startup) => {
         if (startup.ready) {
-          this.worker.on('message', (response: Response) => this.answer(response));
+          this.worker.on('message', (response: Response) => this.pending.settle(response));
           this.worker.unref();
           resolve();
         } else {
@@ -305,9 +291,7 @@ class WriterThread {
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
         this.failure ??= new Error(`the SQLite cache's worker thread exited (exit code ${code})`);
-        const calls = [...this.pending.values()];
-        this.pending.clear();
-        for (const call of calls) call.reject(this.failure);
+        this.pending.rejectAll(this.failure);
         resolve();
       });
     });
@@ -315,27 +299,12 @@ class WriterThread {
 
   call(op: Op, args: unknown[]): Promise<unknown> {
     if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      const id = this.nextId++;
-      this.worker.postMessage({ id, op, args } satisfies Request);
-      if (this.pending.size === 0) this.worker.ref();
-      this.pending.set(id, { resolve, reject });
-    });
-  }
-
-  private answer(response: Response): void {
-    const call = this.pending.get(response.id);
-    if (!call) return;
-    this.pending.delete(response.id);
-    if (this.pending.size === 0 && !this.closing) this.worker.unref();
-    if (response.ok) call.resolve(response.value);
-    else call.reject(deserializeError(response.error));
+    return this.pending.send((id) => ({ id, op, args }) satisfies Request);
   }
 
   /** Lets the calls already sent finish, then ends the thread; held (ref) until it has. */
   async close(): Promise<void> {
-    this.closing = true;
-    this.worker.ref();
+    this.pending.hold();
     if (!this.failure) await this.call('close', []).catch(() => undefined);
     else await this.worker.terminate();
     await this.exited;

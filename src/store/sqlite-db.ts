@@ -89,6 +89,19 @@ function openingStep(step: () => void): void {
   }
 }
 
+/** Runs `work` in a write transaction taken at once (BEGIN IMMEDIATE), rolled back if it throws. */
+export function immediateTransaction<T>(db: DatabaseSync, work: () => T): T {
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    const result = work();
+    db.exec('COMMIT');
+    return result;
+  } catch (err) {
+    if (db.isTransaction) db.exec('ROLLBACK');
+    throw err;
+  }
+}
+
 /** floor(column / divisor) in SQLite, whose integer division truncates towards zero. */
 function floorDiv(column: string, divisor: number): string {
   return `(${column} / ${divisor} - (${column} % ${divisor} < 0))`;
@@ -173,15 +186,7 @@ export class SqliteDatabase implements SyncStore {
   }
 
   private transaction<T>(work: () => T): T {
-    this.db.exec('BEGIN IMMEDIATE');
-    try {
-      const result = work();
-      this.db.exec('COMMIT');
-      return result;
-    } catch (err) {
-      if (this.db.isTransaction) this.db.exec('ROLLBACK');
-      throw err;
-    }
+    return immediateTransaction(this.db, work);
   }
 
   createKey(key: KeyRecord): void {

@@ -15,25 +15,19 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DB_FILE, type SqliteOptions, type StoreMethod } from './sqlite-db.ts';
 import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow } from './types.ts';
-import { deserializeError, type WorkerConfig, type WorkerRequest, type WorkerResponse } from './worker-protocol.ts';
+import { deserializeError, PendingCalls, type WorkerConfig, type WorkerRequest, type WorkerResponse } from './worker-protocol.ts';
 
 export type { SqliteOptions } from './sqlite-db.ts';
 
 // A file URL: Node loads a worker's .ts file itself (type stripping), under vitest as well.
 const WORKER_URL = new URL('./sqlite-worker.ts', import.meta.url);
 
-interface PendingCall {
-  resolve(value: unknown): void;
-  reject(err: Error): void;
-}
-
 /** One worker thread and the calls it has yet to answer. */
 class StoreThread {
   /** Settles when the thread has ended, for whatever reason. */
   readonly exited: Promise<void>;
   private readonly worker: Worker;
-  private readonly pending = new Map<number, PendingCall>();
-  private nextId = 1;
+  private readonly pending: PendingCalls;
   /** Set when the thread can take no more calls: it could not open the database, or it died. */
   private failure: Error | undefined;
   private closing = false;
@@ -43,6 +37,7 @@ class StoreThread {
     // (`node --input-type=module -e …` does), and the worker needs none.
     this.worker = new Worker(WORKER_URL, { workerData: config, execArgv: [] });
     this.worker.unref(); // referenced only while calls are outstanding
+    this.pending = new PendingCalls(this.worker);
     this.worker.on('message', (response: WorkerResponse) => this.answer(response));
     this.worker.on('error', (err) => {
       this.failure ??= new Error(`the SQLite store's worker thread failed: ${err.message}`);
@@ -50,7 +45,7 @@ class StoreThread {
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
         this.failure ??= new Error(`the SQLite store's worker thread exited unexpectedly (exit code ${code})`);
-        this.rejectAll(this.failure);
+        this.pending.rejectAll(this.failure);
         onExit(this);
         resolve();
       });
@@ -63,33 +58,17 @@ class StoreThread {
   }
 
   call(method: WorkerRequest['method'], args: unknown[]): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      const id = this.nextId++;
-      this.worker.postMessage({ id, method, args } satisfies WorkerRequest); // throws if args cannot be cloned
-      if (this.pending.size === 0) this.worker.ref();
-      this.pending.set(id, { resolve, reject });
-    });
+    return this.pending.send((id) => ({ id, method, args }) satisfies WorkerRequest);
   }
 
   private answer(response: WorkerResponse): void {
     if ('openFailed' in response) {
       this.failure = deserializeError(response.error);
-      this.rejectAll(this.failure);
+      this.pending.rejectAll(this.failure);
       void this.worker.terminate();
       return;
     }
-    const call = this.pending.get(response.id);
-    if (!call) return;
-    this.pending.delete(response.id);
-    if (this.pending.size === 0 && !this.closing) this.worker.unref();
-    if (response.ok) call.resolve(response.value);
-    else call.reject(deserializeError(response.error));
-  }
-
-  private rejectAll(err: Error): void {
-    const calls = [...this.pending.values()];
-    this.pending.clear();
-    for (const call of calls) call.reject(err);
+    this.pending.settle(response);
   }
 
   /** Lets the calls already sent finish, closes the database, and waits for the thread to end. */
@@ -97,7 +76,7 @@ class StoreThread {
     this.closing = true;
     // Held until the thread has ended, so that `await store.close()` returns even when nothing
     // else keeps the process alive.
-    this.worker.ref();
+    this.pending.hold();
     if (this.failure) {
       await this.worker.terminate();
       await this.exited;

@@ -4,6 +4,7 @@
  * message but drops the SQLite fields (code, errcode, errstr) a caller may branch on, such as
  * errcode 5, SQLITE_BUSY.
  */
+import type { Worker } from 'node:worker_threads';
 import type { SqliteOptions, StoreMethod } from './sqlite-db.ts';
 
 export interface WorkerConfig {
@@ -28,8 +29,7 @@ export interface SerializedError {
 }
 
 export type WorkerResponse =
-  | { id: number; ok: true; value: unknown }
-  | { id: number; ok: false; error: SerializedError }
+  | CallResult
   /** The database could not be opened (or migrated); the thread has nothing more to do. */
   | { id: 0; ok: false; openFailed: true; error: SerializedError };
 
@@ -48,4 +48,55 @@ export function serializeError(err: unknown): SerializedError {
 export function deserializeError(error: SerializedError): Error & Omit<SerializedError, 'message'> {
   const { message, ...fields } = error;
   return Object.assign(new Error(message), fields);
+}
+
+/** A call's answer from a worker: the value, or the error as plain data. */
+export type CallResult = { id: number; ok: true; value: unknown } | { id: number; ok: false; error: SerializedError };
+
+/**
+ * The calls sent to one worker thread and not yet answered (the SQLite store's and the SQLite
+ * cache's). The worker is referenced only while calls are outstanding, or from `hold()` on (while
+ * it closes), so an idle worker never keeps the process alive.
+ */
+export class PendingCalls {
+  private readonly worker: Worker;
+  private readonly calls = new Map<number, { resolve(value: unknown): void; reject(err: Error): void }>();
+  private nextId = 1;
+  private held = false;
+
+  constructor(worker: Worker) {
+    this.worker = worker;
+  }
+
+  /** Posts the message `build` makes for a fresh call id; resolves with the worker's answer. */
+  send(build: (id: number) => object): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const id = this.nextId++;
+      this.worker.postMessage(build(id)); // throws if the message cannot be cloned
+      if (this.calls.size === 0) this.worker.ref();
+      this.calls.set(id, { resolve, reject });
+    });
+  }
+
+  /** Settles the call `result` answers. */
+  settle(result: CallResult): void {
+    const call = this.calls.get(result.id);
+    if (!call) return;
+    this.calls.delete(result.id);
+    if (this.calls.size === 0 && !this.held) this.worker.unref();
+    if (result.ok) call.resolve(result.value);
+    else call.reject(deserializeError(result.error));
+  }
+
+  rejectAll(err: Error): void {
+    const calls = [...this.calls.values()];
+    this.calls.clear();
+    for (const call of calls) call.reject(err);
+  }
+
+  /** Keeps the worker referenced from now on, until it ends (closing). */
+  hold(): void {
+    this.held = true;
+    this.worker.ref();
+  }
 }
