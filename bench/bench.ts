@@ -14,6 +14,9 @@
  * and a miss (every request different, so each is keyed, sent upstream and stored). The other
  * gateway paths send `X-No-Cache: true`, so they measure proxying.
  *
+ * Failover: two more embedded gateways with two upstreams each, both healthy or the first one a
+ * dead port (its breaker open after the warm-up), measured at 1 in flight against each other.
+ *
  * The fake upstream and the gateways run as child processes (pinned to cores 1 and 0 with
  * taskset when available); the load generator is this process (undici Pool, keep-alive).
  *
@@ -104,7 +107,7 @@ const OPTS = {
 /** A run during which other processes used this much of a core (in %) is flagged as noisy. */
 const NOISY_PCT = 10;
 /** The whole run is killed (and fails) after this long, whatever happens. */
-const HARD_LIMIT_MS = QUICK ? 90_000 : 300_000;
+const HARD_LIMIT_MS = QUICK ? 120_000 : 420_000;
 
 // ---------------------------------------------------------------------------
 // The request
@@ -597,6 +600,73 @@ async function startScaleOut(
   return { child, url, key, cleanUp };
 }
 
+/**
+ * Failover's cost: two more embedded gateways, each with two upstreams by priority — both the
+ * fake ("healthy"), or a dead port (nothing listening) first and the fake second ("dead first").
+ * Once the dead upstream's breaker is open the pool skips it; what is left is the cost of that
+ * check. Latency at 1 in flight, the two measured back to back, rotating which goes first.
+ */
+async function measureFailover(gatewayEnv: Record<string, string>, fakeUrl: string, gatewayKey: string, pinned: boolean, pids: Pids) {
+  const dead = `http://127.0.0.1:${await freePort()}`;
+  const pools = {
+    healthy: [
+      { name: 'first', url: fakeUrl, key: FAKE_KEY, priority: 0 },
+      { name: 'second', url: fakeUrl, key: FAKE_KEY, priority: 1 },
+    ],
+    deadFirst: [
+      { name: 'dead', url: dead, key: FAKE_KEY, priority: 0 },
+      { name: 'second', url: fakeUrl, key: FAKE_KEY, priority: 1 },
+    ],
+  };
+  const poolOptions = { connections: 1, pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 15_000, bodyTimeout: 15_000 };
+  const headers = { 'content-type': 'application/json', 'anthropic-version': '2023-06-01', 'x-api-key': gatewayKey, 'x-fake-output-tokens': String(OPTS.outputTokens), 'x-no-cache': 'true' };
+  const targets: Record<keyof typeof pools, Target> = {} as Record<keyof typeof pools, Target>;
+  const started: Child[] = [];
+  for (const [name, upstreams] of Object.entries(pools) as [keyof typeof pools, typeof pools.healthy][]) {
+    const file = join(tempDir!, `failover-${name}.json`);
+    writeFileSync(file, JSON.stringify({ upstreams }));
+    const port = await freePort();
+    const child = startChild(`failover gateway (${name})`, ['src/cli.ts', 'start'], { ...gatewayEnv, PORT: String(port), CLAUDCODE_CONFIG: file }, pinned ? 0 : undefined);
+    const url = `http://127.0.0.1:${port}`;
+    await waitFor(`failover gateway (${name}) /health`, child, async () => (await fetch(`${url}/health`)).ok);
+    targets[name] = { name: 'gateway', pool: new Pool(url, poolOptions), headers: { json: headers, stream: { ...headers, accept: 'text/event-stream' } } };
+    started.push(child);
+  }
+  // Open the dead upstream's breaker (and warm both up), then check that it is open.
+  for (const t of Object.values(targets)) for (const mode of MODES) await load(t, mode, 1, OPTS.warmupRequests, OPTS.latencyCapMs);
+  const ready = (await (await targets.deadFirst.pool.request({ method: 'GET', path: '/health/ready' })).body.json()) as { upstreams: { name: string; state: string }[] };
+  const deadState = ready.upstreams.find((u) => u.name === 'dead')?.state;
+  if (deadState !== 'open') throw new Error(`the dead upstream's breaker is ${deadState}, not open, after the warm-up`);
+
+  const results: Record<string, RunResult[]> = {};
+  const order = Object.keys(targets) as (keyof typeof pools)[];
+  for (let rep = 1; rep <= OPTS.reps; rep++) {
+    for (const mode of MODES) {
+      await waitForQuiet(pids);
+      for (const name of rep % 2 ? order : [...order].reverse()) {
+        const result = await measure(targets[name], mode, 'latency', rep, { ...pids, gateway: started[order.indexOf(name)]!.proc.pid });
+        (results[`${mode}.${name}`] ??= []).push(result);
+        console.log(`  rep ${rep}/${OPTS.reps}  failover   ${mode.padEnd(6)} ${name.padEnd(9)}  ${String(result.ok).padStart(6)} ok  p50 ${result.latency.p50.toFixed(3)} ms  p99 ${result.latency.p99.toFixed(3)} ms${result.failed ? `  ${result.failed} FAILED` : ''}`);
+      }
+    }
+  }
+  await Promise.all(Object.values(targets).map((t) => t.pool.close()));
+  const med = (key: string, pick: (r: RunResult) => number) => median((results[key] ?? []).map(pick));
+  return MODES.map((mode) => {
+    const pick = mode === 'json' ? (r: RunResult) => r.latency.p50 : (r: RunResult) => r.firstByte.p50;
+    const pick99 = mode === 'json' ? (r: RunResult) => r.latency.p99 : (r: RunResult) => r.firstByte.p99;
+    const healthyP50Ms = med(`${mode}.healthy`, pick);
+    const deadFirstP50Ms = med(`${mode}.deadFirst`, pick);
+    const healthyP99Ms = med(`${mode}.healthy`, pick99);
+    const deadFirstP99Ms = med(`${mode}.deadFirst`, pick99);
+    return {
+      scenario: mode === 'json' ? 'JSON' : 'Stream, first byte',
+      healthyP50Ms, deadFirstP50Ms, addedP50Ms: deadFirstP50Ms - healthyP50Ms,
+      healthyP99Ms, deadFirstP99Ms, addedP99Ms: deadFirstP99Ms - healthyP99Ms,
+    };
+  });
+}
+
 async function main(): Promise<void> {
   const runStarted = performance.now();
   const pinned = OPTS.pin && canPin();
@@ -730,6 +800,9 @@ async function main(): Promise<void> {
     }
   }
 
+  console.log('Failover: the first upstream dead (breaker open) against both healthy');
+  const failover = await measureFailover(gatewayEnv, fakeUrl, gatewayKey, pinned, pids);
+
   await Promise.all(Object.values(targets).map((t) => t.pool.close()));
   await stopChildren();
   await scaleOut?.cleanUp();
@@ -860,6 +933,14 @@ async function main(): Promise<void> {
     ),
   );
 
+  console.log(`\nFailover (embedded gateway, two upstreams by priority): the first one dead, its breaker open, against both healthy`);
+  console.log(
+    table(
+      ['', 'p50 healthy', 'p50 dead first', 'added', 'p99 healthy', 'p99 dead first', 'added'],
+      failover.map((f) => [f.scenario, ms(f.healthyP50Ms), ms(f.deadFirstP50Ms), plusMs(f.addedP50Ms), ms(f.healthyP99Ms), ms(f.deadFirstP99Ms), plusMs(f.addedP99Ms)]),
+    ),
+  );
+
   const cpuModel = cpus()[0]?.model ?? 'unknown CPU';
   const markdown = [
     scaleOut
@@ -875,6 +956,13 @@ async function main(): Promise<void> {
       `| ${r.scenario}, p50 (1 in flight) | ${ms(r.directP50Ms)} | ${ms(r.hitP50Ms)} | ${ms(r.missP50Ms)} |`,
       `| ${r.scenario} throughput (${OPTS.concurrency} in flight) | ${rps(r.directRps)} | ${rps(r.hitRps)} | ${rps(r.missRps)} |`,
       `| ${r.scenario}, gateway CPU per request | – | ${us(r.hitCpuUs)} | ${us(r.missCpuUs)} |`,
+    ]),
+    '',
+    '| Failover (embedded, 1 in flight) | Both upstreams healthy | First upstream dead (breaker open) | Added |',
+    '|---|--:|--:|--:|',
+    ...failover.flatMap((f) => [
+      `| ${f.scenario}, p50 | ${ms(f.healthyP50Ms)} | ${ms(f.deadFirstP50Ms)} | ${plusMs(f.addedP50Ms)} |`,
+      `| ${f.scenario}, p99 | ${ms(f.healthyP99Ms)} | ${ms(f.deadFirstP99Ms)} | ${plusMs(f.addedP99Ms)} |`,
     ]),
     '',
     `Fake upstream with no added latency; ${events}-event streams (${OPTS.outputTokens} text deltas), ${Buffer.byteLength(BODY.json)}-byte requests; ` +
@@ -917,6 +1005,7 @@ async function main(): Promise<void> {
       ),
       cpuUsPerRequest: cpu.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 0) : v]))),
       cache: cacheRows.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 3) : v]))),
+      failover: failover.map((f) => Object.fromEntries(Object.entries(f).map(([k, v]) => [k, typeof v === 'number' ? round(v, 3) : v]))),
     },
     runs: Object.fromEntries(
       [...runs.entries()].map(([k, list]) => [k, list.map((r) => JSON.parse(JSON.stringify(r, (_key, v) => (typeof v === 'number' ? round(v) : v))) as unknown)]),

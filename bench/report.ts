@@ -103,6 +103,7 @@ const OLD_GROUP: Record<UsageGrouping, string> = {
   model: 'model',
   key: 'key_id',
   day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')",
+  upstream: 'upstream', // no such grouping then; the same aggregate over today's column
 };
 function oldReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {
   const where: string[] = [];

@@ -13,7 +13,7 @@ import { AuthenticationError, InvalidRequestError, NotFoundError, RateLimitError
 import { createKey, describeKey, type KeyRegistry } from './keys.ts';
 import type { Logger } from './logger.ts';
 import type { GatewayEnv } from './pipeline.ts';
-import { usageReport } from './reports.ts';
+import { isUsageGrouping, usageReport, USAGE_GROUPINGS_TEXT } from './reports.ts';
 import type { KeyPatch, Store } from './store/types.ts';
 
 const ADMIN_TOKEN_META = 'admin_token_sha256';
@@ -66,13 +66,26 @@ export const KeyInput = z.strictObject({
 });
 export type KeyInput = z.input<typeof KeyInput>;
 
-export function validateKeyInput(input: unknown, catalog: ModelCatalog, partial: boolean): KeyPatch {
-  const schema = partial ? KeyInput.partial() : KeyInput.partial().required({ name: true });
+/** An admin request body checked against `schema`, or a 400 naming each wrong field. */
+export function validateInput<T extends z.ZodType>(schema: T, input: unknown): z.output<T> {
   const result = schema.safeParse(input);
   if (!result.success) {
     throw new InvalidRequestError(result.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
   }
-  const v = result.data;
+  return result.data;
+}
+
+/** An admin request's JSON body, or a 400. */
+export async function readJsonBody(request: Request): Promise<unknown> {
+  try {
+    return await request.json();
+  } catch {
+    throw new InvalidRequestError('Request body is not valid JSON.');
+  }
+}
+
+export function validateKeyInput(input: unknown, catalog: ModelCatalog, partial: boolean): KeyPatch {
+  const v = validateInput(partial ? KeyInput.partial() : KeyInput.partial().required({ name: true }), input);
   for (const model of v.models ?? []) {
     if (!catalog.get(model)) throw new InvalidRequestError(`models: unknown model "${model}"`);
   }
@@ -172,13 +185,7 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
     await next();
   });
 
-  const readJson = async (request: Request): Promise<unknown> => {
-    try {
-      return await request.json();
-    } catch {
-      throw new InvalidRequestError('Request body is not valid JSON.');
-    }
-  };
+  const readJson = readJsonBody;
 
   const keyOr404 = async (id: string) => {
     const key = await store.getKey(id);
@@ -218,7 +225,7 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
 
   admin.get('/usage', async (c) => {
     const by = c.req.query('by') ?? 'model';
-    if (by !== 'model' && by !== 'key' && by !== 'day') throw new InvalidRequestError('by: expected model, key or day');
+    if (!isUsageGrouping(by)) throw new InvalidRequestError(`by: expected ${USAGE_GROUPINGS_TEXT}`);
     return c.json(
       await usageReport(store, catalog, {
         by,

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The claudcode command line: `start` runs the gateway; `keys` and `usage` manage it, either on
- * the configured store directly or on a running gateway's admin API (--url, --admin-token).
+ * The claudcode command line: `start` runs the gateway; `keys`, `usage` and `maintenance` manage
+ * it, either on the configured store directly or on a running gateway's admin API (--url,
+ * --admin-token).
  */
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
@@ -15,7 +16,8 @@ import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createGateway } from './gateway.ts';
 import { createKey, describeKey } from './keys.ts';
 import { createLogger } from './logger.ts';
-import { usageReport, type UsageReport } from './reports.ts';
+import { describeMaintenance, maintenanceLine, readMaintenance, writeMaintenance, type MaintenanceView } from './maintenance.ts';
+import { isUsageGrouping, usageReport, USAGE_GROUPINGS_TEXT, type UsageReport } from './reports.ts';
 import type { UsageGrouping } from './store/types.ts';
 
 const USAGE = `claudcode — a self-hosted gateway for Anthropic's Claude models
@@ -30,11 +32,13 @@ Usage:
   claudcode keys update ID [--name NAME] [--models a,b|all] [--rpm N] [--concurrent N]
                         [--budget TOKENS] [--window 5h] [--expires ISO-8601|never]
                         [--cache-ttl 1h|0|default] [--cache-group NAME|none] [--json]
-  claudcode usage [--key ID] [--since 24h|ISO] [--until ISO] [--by model|key|day] [--json]
+  claudcode usage [--key ID] [--since 24h|ISO] [--until ISO] [--by model|key|day|upstream] [--json]
   claudcode cache stats|purge [--key ID] [--json]
+  claudcode maintenance on|off|status [--json]
 
-Key and usage commands work on the configured store (CLAUDCODE_DATA_DIR, default ./data), or on a
-running gateway with --url URL --admin-token TOKEN (or CLAUDCODE_ADMIN_TOKEN).
+Key, usage and maintenance commands work on the configured store (CLAUDCODE_DATA_DIR, default
+./data), or on a running gateway with --url URL --admin-token TOKEN (or CLAUDCODE_ADMIN_TOKEN).
+Maintenance mode makes every gateway on the store answer the API with 503 within a second.
 
 --cache-ttl is how long the response cache keeps the key's answers (up to 30d): 0 turns caching
 off for the key, default uses the gateway's TTL. Keys with the same --cache-group share cache
@@ -50,6 +54,8 @@ interface AdminBackend {
   updateKey(id: string, input: Record<string, unknown>): Promise<KeyView>;
   deleteKey(id: string): Promise<void>;
   usage(query: { key?: string; since?: string; until?: string; by: UsageGrouping }): Promise<UsageReport>;
+  /** The maintenance switch; with `enabled`, flipped first (for every instance). */
+  maintenance(enabled?: boolean): Promise<MaintenanceView>;
   close(): Promise<void>;
 }
 
@@ -88,12 +94,15 @@ async function localBackend(config: Config): Promise<AdminBackend> {
     },
     usage: (q) =>
       usageReport(store, catalog, { by: q.by, keyId: q.key, sinceMs: parseTime(q.since, 'since'), untilMs: parseTime(q.until, 'until') }),
+    // Running gateways poll the switch (maintenance.ts): no signal to send.
+    maintenance: async (enabled) =>
+      describeMaintenance(enabled === undefined ? await readMaintenance(store) : await writeMaintenance(store, enabled, 'cli')),
     close: () => backends.close(),
   };
 }
 
 function remoteBackend(baseUrl: string, token: string): AdminBackend {
-  const call = async <T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> => {
+  const call = async <T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> => {
     const res = await request(`${baseUrl.replace(/\/+$/, '')}/admin${path}`, {
       method,
       headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
@@ -124,6 +133,7 @@ function remoteBackend(baseUrl: string, token: string): AdminBackend {
       if (q.until) params.set('until', q.until);
       return call('GET', `/usage?${params}`);
     },
+    maintenance: (enabled) => (enabled === undefined ? call('GET', '/maintenance') : call('PUT', '/maintenance', { enabled })),
     close: async () => {},
   };
 }
@@ -212,7 +222,9 @@ function printReport(report: UsageReport): void {
     // A gateway older than tokens_saved leaves it out.
     r.billed_tokens, r.tokens_saved ?? 0, r.avg_latency_ms, r.cost_usd.toFixed(4),
   ].map(String);
-  const rows = [...report.rows.map((r) => line(r.group, r)), line('TOTAL', report.totals)];
+  // By upstream, '' is the requests no upstream served (refusals, cache hits); JSON keeps ''.
+  const label = (group: string) => (group === '' && report.by === 'upstream' ? '(none)' : group);
+  const rows = [...report.rows.map((r) => line(label(r.group), r)), line('TOTAL', report.totals)];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   for (const row of [header, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
 }
@@ -309,7 +321,7 @@ async function runUsage(config: Config, args: string[]): Promise<void> {
     args,
     options: { key: { type: 'string' }, since: { type: 'string' }, until: { type: 'string' }, by: { type: 'string', default: 'model' }, ...COMMON_OPTIONS },
   });
-  if (values.by !== 'model' && values.by !== 'key' && values.by !== 'day') throw new CliError('--by takes model, key or day');
+  if (!isUsageGrouping(values.by)) throw new CliError(`--by takes ${USAGE_GROUPINGS_TEXT}`);
   const backend = values.url ? remoteBackend(values.url, values['admin-token'] ?? config.adminToken ?? '') : await localBackend(config);
   try {
     const report = await backend.usage({ key: values.key, since: values.since, until: values.until, by: values.by });
@@ -370,6 +382,23 @@ async function runCache(config: Config, args: string[]): Promise<void> {
   console.log(JSON.stringify(result, null, values.json ? 2 : undefined));
 }
 
+/**
+ * `claudcode maintenance on|off|status`: on the configured store (running gateways follow within
+ * a second) or on a running gateway (--url). Prints one line, or the state as JSON.
+ */
+async function runMaintenance(config: Config, args: string[]): Promise<void> {
+  const [action, ...rest] = args;
+  const { values } = parseArgs({ args: rest, options: COMMON_OPTIONS });
+  if (action !== 'on' && action !== 'off' && action !== 'status') throw new CliError(`unknown maintenance command "${action ?? ''}" (on, off or status)`);
+  const backend = values.url ? remoteBackend(values.url, values['admin-token'] ?? config.adminToken ?? '') : await localBackend(config);
+  try {
+    const state = await backend.maintenance(action === 'status' ? undefined : action === 'on');
+    console.log(values.json ? JSON.stringify(state, null, 2) : maintenanceLine(state));
+  } finally {
+    await backend.close();
+  }
+}
+
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   if (!command || command === 'help' || command === '--help' || command === '-h') {
@@ -386,6 +415,8 @@ async function main(argv: string[]): Promise<void> {
       return runUsage(config, rest);
     case 'cache':
       return runCache(config, rest);
+    case 'maintenance':
+      return runMaintenance(config, rest);
     default:
       throw new CliError(`unknown command "${command}"\n\n${USAGE}`);
   }

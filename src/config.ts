@@ -29,10 +29,32 @@ const ModelEntry = z.object({
 export type ModelEntry = z.infer<typeof ModelEntry>;
 
 const Upstream = z.object({
+  /**
+   * What usage records, reports, logs and /health/ready call this upstream; by default its URL's
+   * host (a number is appended to repeats). Never the credential.
+   */
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/, 'letters, digits, ".", "_", ":" and "-", at most 64').optional(),
   url: z.url().transform((u) => u.replace(/\/+$/, '')),
   key: z.string().min(1).optional(),
+  /** Lower is tried first; upstreams of equal priority share the traffic by weight. */
+  priority: z.number().int().min(0).default(0),
+  weight: z.number().positive().default(1),
+  /** Only these models (the catalog's public ids, or upstream ids) are sent here; all by default. */
+  models: z.array(z.string().min(1)).min(1).optional(),
 });
-export type UpstreamConfig = z.infer<typeof Upstream>;
+export type UpstreamConfig = z.infer<typeof Upstream> & { name: string };
+
+/** Names every upstream: its own, or its URL's host, with "-2", "-3", ... on repeats. */
+function nameUpstreams(upstreams: z.infer<typeof Upstream>[]): UpstreamConfig[] {
+  const seen = new Set<string>();
+  return upstreams.map((u) => {
+    const base = u.name ?? new URL(u.url).host;
+    let name = base;
+    for (let n = 2; seen.has(name); n++) name = `${base}-${n}`;
+    seen.add(name);
+    return { ...u, name };
+  });
+}
 
 /** Parses "5h", "90m", "1d", "3600s" or a bare number of seconds. */
 export function parseDuration(text: string): number {
@@ -111,7 +133,43 @@ export const DEFAULT_MODELS: z.input<typeof ModelEntry>[] = [
 export const ConfigSchema = z.object({
   port: z.coerce.number().int().min(0).max(65535).default(8080),
   host: z.string().min(1).default('127.0.0.1'),
-  upstreams: z.array(Upstream).min(1).default([{ url: 'https://api.anthropic.com' }]),
+  upstreams: z.array(Upstream).min(1).default([{ url: 'https://api.anthropic.com', priority: 0, weight: 1 }]).transform(nameUpstreams),
+  /**
+   * Upstream timeouts; each ends the attempt with a 504 api_error (mid-stream, an SSE `error`
+   * event). The time to first byte is long because a non-streamed answer's first byte is its
+   * last: the API sends nothing until a long (extended thinking, 32k-token) answer is complete,
+   * and the official SDKs themselves allow a non-streamed request 10 minutes.
+   */
+  upstreamTimeouts: z
+    .object({
+      /** Opening a TCP (and TLS) connection. */
+      connectMs: z.coerce.number().int().positive().default(10_000),
+      /** From sending the request to the response's headers. */
+      firstByteMs: z.coerce.number().int().positive().default(600_000),
+      /** The longest silence between two chunks of a response body (a stream's events). */
+      idleMs: z.coerce.number().int().positive().default(300_000),
+    })
+    .prefault({}),
+  /**
+   * The failover policy (src/upstream/pool.ts): attempts on connection errors, timeouts, 429,
+   * 529, 5xx and 401, before any byte reaches the client.
+   */
+  failover: z
+    .object({
+      /** Attempts per request, across all upstreams (1 = no retries). */
+      maxAttempts: z.coerce.number().int().min(1).max(20).default(4),
+      /** No attempt starts (and no backoff waits past) this long after the first one started. */
+      retryWithinMs: z.coerce.number().int().nonnegative().default(20_000),
+      /** The pause between rounds over the upstreams doubles from this, with jitter... */
+      backoffBaseMs: z.coerce.number().int().nonnegative().default(200),
+      /** ...up to this. An upstream's own retry-after, when longer, wins (within retryWithinMs). */
+      backoffMaxMs: z.coerce.number().int().nonnegative().default(5_000),
+      /** Consecutive failures of an upstream that open its circuit breaker... */
+      breakerFailures: z.coerce.number().int().min(1).default(5),
+      /** ...which then skips it this long before letting one probe request through. */
+      breakerCooldownMs: z.coerce.number().int().positive().default(10_000),
+    })
+    .prefault({}),
   adminToken: z.string().min(16, 'the admin token must be at least 16 characters').optional(),
   dataDir: z.string().min(1).default('./data'),
   databaseUrl: z.string().optional(),
@@ -119,8 +177,6 @@ export const ConfigSchema = z.object({
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Largest request body accepted (Anthropic's own Messages API limit is 32 MB). */
   maxBodyBytes: z.coerce.number().int().positive().default(32 * 1024 * 1024),
-  /** How long an upstream may stay silent (headers or between body chunks) before 502. */
-  upstreamTimeoutMs: z.coerce.number().int().positive().default(600_000),
   /**
    * How long a client has to send a request's head (line and headers) from its first byte, or
    * from connecting: an idle or trickling socket is answered 408 and closed. Node's default, 60 s
@@ -180,8 +236,17 @@ export const ConfigSchema = z.object({
     .prefault({}),
   /** On SIGTERM: how long in-flight requests get to finish before they are cut. */
   shutdownGraceMs: z.coerce.number().int().nonnegative().default(30_000),
-  /** Maintenance mode: the API answers 503, admin stays reachable. */
-  maintenance: BoolFromEnv.default(false),
+  /**
+   * Maintenance mode (maintenance.ts): the API answers 503, admin and health stay reachable. The
+   * switch lives in the store, shared by every instance and flipped at run time (PUT
+   * /admin/maintenance, `claudcode maintenance on|off`). Given here (CLAUDCODE_MAINTENANCE, true
+   * or false), the instance writes it to the store at start, so it holds from then on for every
+   * instance; left unset (the default), the instance follows whatever the store says. Unset is
+   * the default so that restarting one instance cannot undo a switch made at run time.
+   */
+  maintenance: BoolFromEnv.optional(),
+  /** The Retry-After (seconds) of the API's 503 in maintenance mode. */
+  maintenanceRetryAfterSeconds: z.coerce.number().int().min(1).max(86_400).default(60),
   /** How often each instance re-reads keys from the store (changes apply within a second). */
   keyRefreshMs: z.coerce.number().int().positive().max(1000).default(500),
   usageFlushMs: z.coerce.number().int().positive().default(200),
@@ -236,19 +301,23 @@ function listFromEnv(value: string | undefined): string[] | undefined {
   return value.split(',').map((s) => s.trim()).filter(Boolean);
 }
 
-/** Upstream URLs and keys from the environment: one key for all URLs, or one key per URL. */
+/**
+ * Upstream URLs and keys from the environment: one key for all URLs, or one key per URL. A URL
+ * the config file also lists keeps the file's name, priority, weight and models (and its key,
+ * unless the environment gives keys); keys alone replace the file's upstreams' keys.
+ */
 function upstreamsFromEnv(env: Env, fromFile: ConfigInput['upstreams']): ConfigInput['upstreams'] {
   const urls = listFromEnv(env.CLAUDCODE_UPSTREAM_URL);
   const keys = listFromEnv(env.CLAUDCODE_UPSTREAM_KEY) ?? listFromEnv(env.ANTHROPIC_API_KEY);
   if (!urls && !keys) return fromFile;
-  const baseUrls = urls ?? fromFile?.map((u) => u.url) ?? ['https://api.anthropic.com'];
-  if (keys && keys.length > 1 && keys.length !== baseUrls.length) {
-    throw new Error(`${keys.length} upstream keys for ${baseUrls.length} upstream URLs: give one key, or one per URL`);
+  const sameUrl = (a: string, b: string) => a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
+  const base = urls
+    ? urls.map((url) => ({ ...fromFile?.find((u) => sameUrl(u.url, url)), url }))
+    : (fromFile ?? [{ url: 'https://api.anthropic.com' }]);
+  if (keys && keys.length > 1 && keys.length !== base.length) {
+    throw new Error(`${keys.length} upstream keys for ${base.length} upstream URLs: give one key, or one per URL`);
   }
-  return baseUrls.map((url, i) => ({
-    url,
-    key: keys ? (keys.length === 1 ? keys[0] : keys[i]) : fromFile?.[i]?.key,
-  }));
+  return base.map((upstream, i) => (keys ? { ...upstream, key: keys.length === 1 ? keys[0] : keys[i] } : upstream));
 }
 
 export class ConfigError extends Error {}
@@ -275,6 +344,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
     headersTimeoutMs: env.CLAUDCODE_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: env.CLAUDCODE_REQUEST_TIMEOUT_MS,
     maintenance: env.CLAUDCODE_MAINTENANCE,
+    maintenanceRetryAfterSeconds: env.CLAUDCODE_MAINTENANCE_RETRY_AFTER,
     maxQueuedUsageRecords: env.CLAUDCODE_MAX_QUEUED_USAGE,
   };
   const merged: Record<string, unknown> = { ...fromFile };
@@ -290,6 +360,23 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
     leaseTtlMs: envValue(env.CLAUDCODE_LEASE_TTL_MS),
     redisPrefix: envValue(env.CLAUDCODE_REDIS_PREFIX),
   };
+  const timeoutsFromEnv = {
+    connectMs: envValue(env.CLAUDCODE_UPSTREAM_CONNECT_TIMEOUT_MS),
+    firstByteMs: envValue(env.CLAUDCODE_UPSTREAM_FIRST_BYTE_TIMEOUT_MS),
+    idleMs: envValue(env.CLAUDCODE_UPSTREAM_IDLE_TIMEOUT_MS),
+  };
+  const failoverFromEnv = {
+    maxAttempts: envValue(env.CLAUDCODE_UPSTREAM_MAX_ATTEMPTS),
+    retryWithinMs: envValue(env.CLAUDCODE_UPSTREAM_RETRY_WITHIN_MS),
+    breakerFailures: envValue(env.CLAUDCODE_BREAKER_FAILURES),
+    breakerCooldownMs: envValue(env.CLAUDCODE_BREAKER_COOLDOWN_MS),
+  };
+  for (const [name, value] of Object.entries(timeoutsFromEnv)) {
+    if (value !== undefined) merged.upstreamTimeouts = { ...(merged.upstreamTimeouts as object | undefined), [name]: value };
+  }
+  for (const [name, value] of Object.entries(failoverFromEnv)) {
+    if (value !== undefined) merged.failover = { ...(merged.failover as object | undefined), [name]: value };
+  }
   const cacheFromEnv = { enabled: envValue(env.CLAUDCODE_CACHE), ttlSeconds: envValue(env.CLAUDCODE_CACHE_TTL) };
   for (const [name, value] of Object.entries(cacheFromEnv)) {
     if (value !== undefined) merged.cache = { ...(merged.cache as object | undefined), [name]: value };

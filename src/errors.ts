@@ -98,8 +98,15 @@ export class InternalError extends GatewayError {
 
 /** The upstream could not be reached or answered with something that is not the Messages API. */
 export class UpstreamError extends GatewayError {
+  constructor(message: string, headers: Record<string, string> = {}) {
+    super(502, 'api_error', message, headers);
+  }
+}
+
+/** The upstream did not connect, answer or go on answering within its timeout (upstreamTimeouts). */
+export class UpstreamTimeoutError extends GatewayError {
   constructor(message: string) {
-    super(502, 'api_error', message);
+    super(504, 'api_error', message);
   }
 }
 
@@ -110,9 +117,17 @@ export class StoreUnavailableError extends GatewayError {
   }
 }
 
+/** 503 overloaded_error: the gateway does not serve the API for now; Retry-After when known. */
 export class ServiceUnavailableError extends GatewayError {
-  constructor(message: string) {
-    super(503, 'overloaded_error', message);
+  constructor(message: string, retryAfterSeconds?: number) {
+    super(503, 'overloaded_error', message, retryAfterSeconds === undefined ? {} : { 'retry-after': String(Math.max(1, Math.ceil(retryAfterSeconds))) });
+  }
+}
+
+/** Maintenance mode (maintenance.ts): every /v1 route answers this until it is switched off. */
+export class MaintenanceError extends ServiceUnavailableError {
+  constructor(retryAfterSeconds: number) {
+    super('The gateway is in maintenance mode. Try again later.', retryAfterSeconds);
   }
 }
 

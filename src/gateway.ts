@@ -13,15 +13,16 @@ import { cacheAdminRoutes } from './cache/admin.ts';
 import { CacheCounters } from './cache/stage.ts';
 import { ModelCatalog, modelObject } from './catalog.ts';
 import { MAX_WINDOW_SECONDS, type Config } from './config.ts';
-import { GatewayError, InternalError, NotFoundError, ServiceUnavailableError, toErrorBody } from './errors.ts';
+import { GatewayError, InternalError, MaintenanceError, NotFoundError, toErrorBody } from './errors.ts';
 import { clientErrorHandler, httpServerOptions, newRequestId } from './http-server.ts';
 import { KeyRegistry, keyStatus } from './keys.ts';
 import { formatWait, formatWindow } from './limits/format.ts';
 import type { RateLimiter } from './limits/types.ts';
 import { createLogger, type Logger } from './logger.ts';
+import { MaintenanceMode, maintenanceAdminRoutes } from './maintenance.ts';
 import { authenticateRequest, handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
 import type { KeyRecord, Store } from './store/types.ts';
-import { UpstreamClient } from './upstream.ts';
+import { UpstreamPool } from './upstream/pool.ts';
 import { UsageRecorder } from './usage.ts';
 
 export interface GatewayOptions {
@@ -113,8 +114,11 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     maxQueued: config.maxQueuedUsageRecords,
     onDrop: (dropped, queued) => logger.error({ dropped, queued }, 'usage queue full while the store cannot be written: oldest records dropped'),
   });
-  const upstream = new UpstreamClient(config.upstreams, config.upstreamTimeoutMs);
+  const upstream = new UpstreamPool(config, { logger });
   const admin = await resolveAdminToken(store, config.adminToken);
+  // The switch lives in the store (every instance follows it); CLAUDCODE_MAINTENANCE, when given, sets it.
+  const maintenance = new MaintenanceMode(store, { logger });
+  await maintenance.start(config.maintenance);
   const cacheCounters = new CacheCounters();
   const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache, cacheCounters };
 
@@ -165,7 +169,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   });
 
   const health = (c: { json: (body: unknown) => Response }) =>
-    c.json({ status: config.maintenance ? 'maintenance' : 'ok' });
+    c.json({ status: maintenance.enabled ? 'maintenance' : 'ok' });
   app.get('/health', health);
   app.get('/healthz', health);
 
@@ -181,14 +185,17 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
       }
     };
     const [storeState, limitsState] = await Promise.all([probe(() => store.ping()), probe(() => limits.ping())]);
-    const ready = storeState.ok && limitsState.ok && !config.maintenance;
+    const inMaintenance = maintenance.enabled;
+    const ready = storeState.ok && limitsState.ok && !inMaintenance;
     return c.json(
       {
-        status: ready ? 'ready' : config.maintenance ? 'maintenance' : 'not_ready',
+        status: ready ? 'ready' : inMaintenance ? 'maintenance' : 'not_ready',
         mode: backends.mode,
         store: storeState,
         limits: limitsState,
-        upstreams: config.upstreams.length,
+        // Each upstream's circuit (closed / open / half-open); informative: a breaker opens
+        // on this instance's traffic only, and failover keeps serving while any is closed.
+        upstreams: upstream.states(),
       },
       ready ? 200 : 503,
     );
@@ -196,7 +203,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
 
   const api = new Hono<GatewayEnv>();
   api.use('*', async (_c, next) => {
-    if (config.maintenance) throw new ServiceUnavailableError('The gateway is in maintenance mode. Try again later.');
+    if (maintenance.enabled) throw new MaintenanceError(config.maintenanceRetryAfterSeconds);
     await next();
   });
   api.post('/messages', (c) => handleMessages(c, services));
@@ -254,7 +261,10 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     '/admin',
     adminRoutes({
       config, store, keys, catalog, adminTokenHash: admin.hash, logger,
-      mount: [['/cache', cacheAdminRoutes({ cache, counters: cacheCounters, keys: store, purges: backends.cachePurges })]],
+      mount: [
+        ['/cache', cacheAdminRoutes({ cache, counters: cacheCounters, keys: store, purges: backends.cachePurges })],
+        ['/maintenance', maintenanceAdminRoutes(maintenance)],
+      ],
     }),
   );
 
@@ -297,6 +307,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
           await Promise.all([drained, closed]);
         }
         keys.stop();
+        maintenance.stop();
         await usage.close();
         await upstream.close();
         await backends.close();

@@ -10,7 +10,7 @@
  * - connectionsCheckingInterval: how often Node looks for such sockets (its default, 30 s, lets a
  *   socket outlive either deadline by that much).
  * - maxHeaderSize: pinned at Node's default, 16 KiB, so `--max-http-header-size` in NODE_OPTIONS
- *   cannot raise it past what checkRequestHeaders (upstream.ts) allows to be forwarded.
+ *   cannot raise it past what checkRequestHeaders (upstream/headers.ts) allows to be forwarded.
  *
  * Node's own answers to these are bare status lines; clientErrorHandler sends Anthropic-shaped
  * bodies instead, so SDKs and scripts see the same error shape as for the gateway's own refusals.
@@ -22,7 +22,7 @@ import type { Config } from './config.ts';
 import { InvalidRequestError, RequestHeadersTooLargeError, RequestTimeoutError, toErrorBody } from './errors.ts';
 import type { Logger } from './logger.ts';
 
-/** Node's default head limit, pinned (see above); upstream.ts bounds forwarded headers by it. */
+/** Node's default head limit, pinned (see above); upstream/headers.ts bounds forwarded headers by it. */
 export const MAX_HEADER_BLOCK_BYTES = 16 * 1024;
 /** Idle keep-alive connections: longer than the 60 s idle timeout of common load balancers. */
 export const KEEP_ALIVE_TIMEOUT_MS = 65_000;

@@ -17,7 +17,6 @@
 import type { HttpBindings } from '@hono/node-server';
 import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
-import type { Dispatcher } from 'undici';
 import type { ModelCatalog } from './catalog.ts';
 import type { Config } from './config.ts';
 import { consultCache, NOT_CACHEABLE, type CacheCounters, type CacheDecision, type ResponseCache } from './cache/stage.ts';
@@ -29,7 +28,8 @@ import type { Admission, RateLimiter } from './limits/types.ts';
 import type { Logger } from './logger.ts';
 import { readScannedRequest, withModel } from './request-body.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
-import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders, type UpstreamClient } from './upstream.ts';
+import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders } from './upstream/headers.ts';
+import { streamFailureMessage, type UpstreamPool, type UpstreamReply, type UpstreamStream } from './upstream/pool.ts';
 import { billedTokens, emptyUsage, parseJsonBody, SseUsageTap, usageFromMessage, type TokenUsage, type UsageRecorder } from './usage.ts';
 
 export interface GatewayServices {
@@ -41,7 +41,8 @@ export interface GatewayServices {
   keys: KeyRegistry;
   limits: RateLimiter;
   catalog: ModelCatalog;
-  upstream: UpstreamClient;
+  /** The upstreams and the failover policy (src/upstream/pool.ts). */
+  upstream: UpstreamPool;
   usage: UsageRecorder;
 }
 
@@ -80,7 +81,7 @@ export function strictReservation(maxTokens: number, bodyBytes: number, weights:
 /** What a request leaves in the usage log, filled in as the pipeline learns it. */
 class RequestMeter {
   private readonly services: GatewayServices;
-  private readonly record: Pick<UsageRecord, 'keyId' | 'requestId' | 'endpoint' | 'model' | 'cached' | 'streamed' | 'savedTokens'>;
+  private readonly record: Pick<UsageRecord, 'keyId' | 'requestId' | 'endpoint' | 'model' | 'cached' | 'streamed' | 'savedTokens' | 'upstream'>;
   private readonly startedAt: number;
   private admission: Admission | undefined;
   private done = false;
@@ -99,6 +100,11 @@ class RequestMeter {
 
   set streamed(streamed: boolean) {
     this.record.streamed = streamed;
+  }
+
+  /** The upstream that served the request (its name). */
+  set upstream(name: string) {
+    this.record.upstream = name;
   }
 
   /** Answered from the cache, saving what the original answer was billed. */
@@ -212,17 +218,24 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
       await meter.reserve(strictReservation(maxTokens, request.body.byteLength, s.config.budget.weights));
     }
 
-    // The client's bytes go upstream as they came, unless the catalog maps the model id.
-    const upstreamBody = model.upstream_id && model.upstream_id !== model.id ? withModel(request, model.upstream_id) : request.body;
-    const upstream = await s.upstream.send({ method: 'POST', path: endpoint.path, headers: incoming.headers, body: upstreamBody, signal });
+    // The client's bytes go upstream as they came, unless the catalog maps the model id. The
+    // pool fails over between upstreams until one answers (src/upstream/pool.ts).
+    const mapped = model.upstream_id && model.upstream_id !== model.id;
+    const upstreamBody = mapped ? withModel(request, model.upstream_id!) : request.body;
+    const models = mapped ? [model.id, model.upstream_id!] : [model.id];
+    const upstream = await s.upstream.send({ method: 'POST', path: endpoint.path, headers: incoming.headers, body: upstreamBody, signal, models });
+    meter.upstream = upstream.upstream;
     const headers = responseHeaders(upstream, c.get('requestId'), meter.rateLimitHeaders, cache.headers);
 
-    if (upstream.statusCode >= 400) return await relayError(upstream, headers, meter);
-    if (isEventStream(upstream)) {
+    if (upstream.stream) {
       meter.streamed = true;
-      return new Response(relaySse(upstream.body, meter, maxTokens, upstream.statusCode === 200 ? cache : NOT_CACHEABLE), { status: upstream.statusCode, headers });
+      headers['cache-control'] = 'no-cache';
+      headers['x-accel-buffering'] = 'no';
+      const relay = relaySse(upstream.stream, meter, maxTokens, upstream.statusCode === 200 ? cache : NOT_CACHEABLE, s.config.upstreamTimeouts);
+      return new Response(relay, { status: upstream.statusCode, headers });
     }
-    const bytes = await readUpstreamBody(upstream, meter);
+    const bytes = upstream.bytes!;
+    if (upstream.statusCode >= 400) return relayError(upstream.statusCode, bytes, headers, meter);
     // Parsed once: for the usage to bill, and for the cache to store a complete message.
     const message = endpoint.budgeted ? parseJsonBody(bytes) : undefined;
     const usage = usageFromMessage(message);
@@ -238,24 +251,11 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
 }
 
 /**
- * A whole upstream body. One that breaks off part-way (the connection dropped, a timeout) is the
- * upstream's failure, so a 502, never the gateway's own 500.
- */
-async function readUpstreamBody(upstream: Dispatcher.ResponseData, meter: RequestMeter): Promise<Uint8Array> {
-  try {
-    return new Uint8Array(await upstream.body.arrayBuffer());
-  } catch {
-    meter.finish(502, 'upstream_cut');
-    throw new UpstreamError('The upstream response ended before it was complete.');
-  }
-}
-
-/**
  * Everything the client gets on a proxied response, built here in full: the gateway middleware
  * leaves these responses' headers alone so they reach writeHead as they are.
  */
 function responseHeaders(
-  upstream: Dispatcher.ResponseData,
+  upstream: UpstreamReply,
   requestId: string,
   rateLimitHeaders: Record<string, string>,
   cacheHeaders: Record<string, string>,
@@ -293,6 +293,7 @@ function answerFromCache(c: GatewayContext, s: GatewayServices, meter: RequestMe
   }
   headers['content-type'] = 'text/event-stream; charset=utf-8';
   headers['cache-control'] = 'no-cache';
+  headers['x-accel-buffering'] = 'no';
   const events = replaySse(JSON.parse(entry.body) as object);
   const encoder = new TextEncoder();
   let next = 0;
@@ -317,41 +318,38 @@ function answerFromCache(c: GatewayContext, s: GatewayServices, meter: RequestMe
   );
 }
 
-function isEventStream(upstream: Dispatcher.ResponseData): boolean {
-  const type = upstream.headers['content-type'];
-  return typeof type === 'string' && type.startsWith('text/event-stream');
-}
-
 /**
  * Upstream errors pass through with their status and body, except a 401: that means the
  * gateway's own upstream credential was refused, which the client can do nothing about (and an
  * SDK would report as the client's key being wrong), so it becomes a 502.
  */
-async function relayError(upstream: Dispatcher.ResponseData, headers: PlainHeaders, meter: RequestMeter): Promise<Response> {
-  const bytes = await readUpstreamBody(upstream, meter);
-  if (upstream.statusCode === 401) {
+function relayError(status: number, bytes: Uint8Array, headers: PlainHeaders, meter: RequestMeter): Response {
+  if (status === 401) {
     meter.finish(502, 'error');
     throw new UpstreamError('The upstream refused the gateway\'s credential. Tell the gateway operator.');
   }
-  meter.finish(upstream.statusCode, 'error');
-  return new Response(bytes, { status: upstream.statusCode, headers });
+  meter.finish(status, 'error');
+  return new Response(bytes, { status, headers });
 }
 
-const STREAM_CUT_EVENT = new TextEncoder().encode(
-  'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"The upstream stream ended before the message was complete."}}\n\n',
-);
+const STREAM_CUT_EVENT = streamErrorEvent('The upstream stream ended before the message was complete.');
+
+/** An SSE `error` event, as the API itself ends a failed stream (api_error: the upstream's fault). */
+function streamErrorEvent(message: string): Uint8Array {
+  return new TextEncoder().encode(`event: error\ndata: ${JSON.stringify({ type: 'error', error: { type: 'api_error', message } })}\n\n`);
+}
 
 /**
  * Passes an upstream SSE body on chunk by chunk (pull-driven, so a slow client slows the upstream
- * read instead of filling memory), watching usage go by. A stream that breaks off upstream ends
- * with an `error` event, as the API itself ends a failed stream, so SDKs raise instead of hanging.
- * A client that goes away cancels the stream, which aborts the upstream request.
+ * read instead of filling memory), watching usage go by. A stream that breaks off upstream (cut,
+ * or silent past the idle timeout) ends with an `error` event, as the API itself ends a failed
+ * stream, so SDKs raise instead of hanging; what was relayed is billed. A client that goes away
+ * cancels the stream, which closes the upstream connection at once.
  */
-function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter, maxTokens: number, cache: CacheDecision): ReadableStream<Uint8Array> {
+function relaySse(source: UpstreamStream, meter: RequestMeter, maxTokens: number, cache: CacheDecision, timeouts: Config['upstreamTimeouts']): ReadableStream<Uint8Array> {
   const tap = new SseUsageTap();
   // A cacheable miss reassembles the final message as it passes, to store it once complete.
   const message = cache.status === 'MISS' ? new MessageAccumulator() : undefined;
-  const chunks = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let ended = false;
   const end = (outcome: UsageOutcome) => {
     if (ended) return false;
@@ -367,7 +365,7 @@ function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter, 
     {
       async pull(controller) {
         try {
-          const { value, done } = await chunks.next();
+          const { value, done } = await source.next();
           if (!done) {
             tap.push(value);
             message?.push(value);
@@ -377,16 +375,17 @@ function relaySse(source: Dispatcher.ResponseData['body'], meter: RequestMeter, 
           if (!tap.completed && !tap.sawError) controller.enqueue(STREAM_CUT_EVENT);
           end(tap.completed ? 'ok' : 'upstream_cut');
           controller.close();
-        } catch {
+        } catch (err) {
           if (end('upstream_cut')) {
-            controller.enqueue(STREAM_CUT_EVENT);
+            source.close();
+            controller.enqueue(tap.sawError ? new Uint8Array(0) : streamErrorEvent(streamFailureMessage(err, timeouts)));
             controller.close();
           }
         }
       },
       cancel() {
         end('client_closed');
-        source.destroy();
+        source.close();
       },
     },
     { highWaterMark: 0 },

@@ -1,6 +1,14 @@
 /** Usage reports for the admin API and the CLI: grouped token counts with cost estimates. */
 import type { ModelCatalog } from './catalog.ts';
-import type { Store, UsageGrouping } from './store/types.ts';
+import { USAGE_GROUPINGS, type Store, type UsageGrouping } from './store/types.ts';
+
+/** Whether `by` (the admin API's `?by=`, the CLI's `--by`) names a grouping: model, key, day or upstream. */
+export function isUsageGrouping(by: string): by is UsageGrouping {
+  return (USAGE_GROUPINGS as readonly string[]).includes(by);
+}
+
+/** The groupings for messages: "model, key, day or upstream". */
+export const USAGE_GROUPINGS_TEXT = `${USAGE_GROUPINGS.slice(0, -1).join(', ')} or ${USAGE_GROUPINGS.at(-1)}`;
 
 export interface UsageReportQuery {
   keyId?: string;
@@ -10,6 +18,7 @@ export interface UsageReportQuery {
 }
 
 export interface UsageReportRow {
+  /** The model, key id, UTC day (YYYY-MM-DD) or upstream name; by upstream, '' is the requests no upstream served. */
   group: string;
   requests: number;
   errors: number;

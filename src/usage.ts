@@ -199,7 +199,7 @@ const MAX_BATCH = 5000;
 
 export class UsageRecorder {
   private queue: UsageRecord[] = [];
-  /** Refusals of the current flush interval, by key|endpoint|model|status|minute. */
+  /** Refusals of the current flush interval, by key, endpoint, model, status, upstream and minute. */
   private refusals = new Map<string, UsageRecord>();
   private readonly store: UsageStore;
   private readonly options: UsageRecorderOptions;
@@ -219,7 +219,9 @@ export class UsageRecorder {
       this.bound();
       return;
     }
-    const group = `${record.keyId}|${record.endpoint}|${record.model}|${record.status}|${Math.floor(record.ts / 60_000)}`;
+    // Refusals reach no upstream (upstream ''); were one ever recorded with one, its count would
+    // stay with it. JSON, so that no model name can make two groups' keys alike.
+    const group = JSON.stringify([record.keyId, record.endpoint, record.model, record.status, record.upstream ?? '', Math.floor(record.ts / 60_000)]);
     const seen = this.refusals.get(group);
     if (!seen) {
       this.refusals.set(group, { ...record, requests: record.requests ?? 1 });

@@ -322,6 +322,32 @@ describe('admin usage', () => {
     expect(none.body.totals.tokens_saved).toBe(0);
   });
 
+  it('reports by upstream, \'\' for the requests no upstream served (refusals, cache hits)', async () => {
+    const created = await createKey({ name: 'by-upstream' });
+    const now = Date.now();
+    const base = {
+      endpoint: 'messages' as const, status: 200, inputTokens: 10, outputTokens: 20, cacheCreationTokens: 0, cacheReadTokens: 0,
+      latencyMs: 5, streamed: false, outcome: 'ok' as const, keyId: created.id, model: 'claude-haiku-4-5', cached: false, billedTokens: 30,
+    };
+    await stack.gateway.store.insertUsage([
+      { ...base, ts: now - 1000, requestId: 'req_up_1', upstream: 'anthropic-main' },
+      { ...base, ts: now - 900, requestId: 'req_up_2', upstream: 'anthropic-main', model: 'claude-sonnet-4-6' },
+      { ...base, ts: now - 800, requestId: 'req_up_3', upstream: 'api.anthropic.com' },
+      { ...base, ts: now - 700, requestId: 'req_up_4', status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, billedTokens: 0, requests: 3 },
+      { ...base, ts: now - 600, requestId: 'req_up_5', cached: true, billedTokens: 0, savedTokens: 30, upstream: '' },
+    ]);
+    const reply = await admin('GET', `/usage?by=upstream&key=${created.id}&since=1h`);
+    expect(reply.status).toBe(200);
+    expect(reply.body).toMatchObject({ by: 'upstream', key_id: created.id });
+    expect(reply.body.rows.map((r: Record<string, unknown>) => [r.group, r.requests, r.errors, r.cached_requests, r.billed_tokens, r.tokens_saved])).toEqual([
+      ['', 4, 3, 1, 0, 30],
+      ['anthropic-main', 2, 0, 0, 60, 0],
+      ['api.anthropic.com', 1, 0, 0, 30, 0],
+    ]);
+    expect(reply.body.totals).toMatchObject({ requests: 7, billed_tokens: 90, tokens_saved: 30 });
+    expectError(await admin('GET', '/usage?by=upstreams'), 400, 'invalid_request_error', /^by: expected model, key, day or upstream$/);
+  });
+
   it('reports what requests through the SDK used, by model, key and day', async () => {
     const created = await createKey({ name: 'usage', rpm: 100 });
     const client = stack.client(created.key);

@@ -168,7 +168,7 @@ describe('CLI on the store directly', () => {
       /--rpm takes a whole number, got "lots"/,
       /no key with id key_nope/,
       /no key with id key_nope/,
-      /--by takes model, key or day/,
+      /--by takes model, key, day or upstream/,
       /cache_ttl: "31d" is too long for a cache TTL: at most 30d/,
       /cache_ttl: invalid duration "later"/,
       /cache_group: expected a name of 1 to 64 letters, digits/,
@@ -236,6 +236,30 @@ describe('CLI on the store directly', () => {
     expect(column(lines.find((l) => l.startsWith(created.id))!)).toBe('150');
     expect(column(lines.find((l) => l.startsWith('key_other'))!)).toBe('0');
     expect(column(lines.find((l) => l.startsWith('TOTAL'))!)).toBe('150');
+  });
+
+  it('usage --by upstream groups by the upstream that served each request; none is \'\' in JSON and (none) in the table', async () => {
+    const now = Date.now();
+    const base = {
+      endpoint: 'messages' as const, status: 200, cacheCreationTokens: 0, cacheReadTokens: 0, latencyMs: 10, cached: false, streamed: false,
+      outcome: 'ok' as const, keyId: 'key_upstreams', model: 'claude-haiku-4-5', inputTokens: 10, outputTokens: 10, billedTokens: 20,
+    };
+    await observer.insertUsage([
+      { ...base, ts: now - 1000, requestId: 'r_up_1', upstream: 'anthropic-main' },
+      { ...base, ts: now - 900, requestId: 'r_up_2', upstream: 'anthropic-main' },
+      { ...base, ts: now - 800, requestId: 'r_up_3', upstream: 'api.anthropic.com' },
+      { ...base, ts: now - 700, requestId: 'r_up_4', status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, billedTokens: 0, requests: 2 },
+    ]);
+    const report = json(await cli(['usage', '--json', '--by', 'upstream', '--key', 'key_upstreams'], dir));
+    expect(report).toMatchObject({ by: 'upstream', key_id: 'key_upstreams' });
+    expect(report.rows.map((r: { group: string; requests: number; billed_tokens: number }) => [r.group, r.requests, r.billed_tokens])).toEqual([
+      ['', 2, 0],
+      ['anthropic-main', 2, 40],
+      ['api.anthropic.com', 1, 20],
+    ]);
+    const table = ok(await cli(['usage', '--by', 'upstream', '--key', 'key_upstreams'], dir));
+    const groups = table.trim().split('\n').map((l) => l.split(/\s+/).slice(0, 3));
+    expect(groups).toEqual([['GROUP', 'REQUESTS', 'ERRORS'], ['(none)', '2', '2'], ['anthropic-main', '2', '0'], ['api.anthropic.com', '1', '0'], ['TOTAL', '5', '2']]);
   });
 
   it('usage --since 0h is an empty report from now; an out-of-range time or window is one line, exit 1', async () => {
@@ -318,6 +342,24 @@ describe('CLI against a running gateway (--url)', () => {
 
     expect(json(await remote(['keys', 'delete', created.id, '--json']))).toEqual({ id: created.id, deleted: true });
     await expect(client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 8, messages: [MESSAGE] })).rejects.toBeInstanceOf(Anthropic.AuthenticationError);
+  });
+
+  it('usage --by upstream through the gateway: \'\' in JSON, (none) in the table', async () => {
+    const now = Date.now();
+    const base = {
+      endpoint: 'messages' as const, status: 200, cacheCreationTokens: 0, cacheReadTokens: 0, latencyMs: 10, cached: false, streamed: false,
+      outcome: 'ok' as const, keyId: 'key_remote_upstreams', model: 'claude-haiku-4-5', inputTokens: 10, outputTokens: 10, billedTokens: 20,
+    };
+    await stack.gateway.store.insertUsage([
+      { ...base, ts: now - 1000, requestId: 'r_rup_1', upstream: 'backup-eu' },
+      { ...base, ts: now - 900, requestId: 'r_rup_2', cached: true, billedTokens: 0, savedTokens: 20 },
+    ]);
+    const [jsonRun, tableRun] = await Promise.all([
+      remote(['usage', '--json', '--by', 'upstream', '--key', 'key_remote_upstreams']),
+      remote(['usage', '--by', 'upstream', '--key', 'key_remote_upstreams']),
+    ]);
+    expect(json(jsonRun).rows.map((r: { group: string; requests: number }) => [r.group, r.requests])).toEqual([['', 1], ['backup-eu', 1]]);
+    expect(ok(tableRun).trim().split('\n').map((l) => l.split(/\s+/)[0])).toEqual(['GROUP', '(none)', 'backup-eu', 'TOTAL']);
   });
 
   it('reports the gateway errors', async () => {

@@ -24,17 +24,24 @@ function configError(fn: () => unknown): ConfigError {
   return thrownBy(fn, ConfigError);
 }
 
+/** An upstream as the config holds it: named by its host, priority 0, weight 1. */
+function upstream(url: string, key?: string) {
+  return { url, name: new URL(url).host, priority: 0, weight: 1, ...(key === undefined ? {} : { key }) };
+}
+
 describe('loadConfig defaults', () => {
   it('has the documented defaults for an empty environment', () => {
     const config = loadConfig({});
     expect(config.port).toBe(8080);
     expect(config.host).toBe('127.0.0.1');
-    expect(config.upstreams).toEqual([{ url: 'https://api.anthropic.com' }]);
+    expect(config.upstreams).toEqual([upstream('https://api.anthropic.com')]);
     expect(config.dataDir).toBe('./data');
     expect(config.adminToken).toBeUndefined();
     expect(config.databaseUrl).toBeUndefined();
     expect(config.redisUrl).toBeUndefined();
-    expect(config.maintenance).toBe(false);
+    // Unset: the instance follows the switch in the store (maintenance.ts).
+    expect(config.maintenance).toBeUndefined();
+    expect(config.maintenanceRetryAfterSeconds).toBe(60);
     expect(config.logLevel).toBe('info');
     expect(config.maxBodyBytes).toBe(32 * 1024 * 1024);
     expect(config.keyRefreshMs).toBeLessThanOrEqual(1000);
@@ -68,6 +75,7 @@ describe('loadConfig from the environment', () => {
       CLAUDCODE_LOG_LEVEL: 'warn',
       CLAUDCODE_MAX_BODY_BYTES: '1000',
       CLAUDCODE_MAINTENANCE: 'true',
+      CLAUDCODE_MAINTENANCE_RETRY_AFTER: '120',
       CLAUDCODE_STRICT_BUDGET: '1',
     });
     expect(config).toMatchObject({
@@ -80,6 +88,7 @@ describe('loadConfig from the environment', () => {
       logLevel: 'warn',
       maxBodyBytes: 1000,
       maintenance: true,
+      maintenanceRetryAfterSeconds: 120,
       budget: { strict: true },
     });
     expect(loadConfig({ CLAUDCODE_MAINTENANCE: '0', CLAUDCODE_STRICT_BUDGET: 'false' })).toMatchObject({ maintenance: false, budget: { strict: false } });
@@ -94,14 +103,14 @@ describe('loadConfig from the environment', () => {
   });
 
   it('uses ANTHROPIC_API_KEY for the default upstream', () => {
-    expect(loadConfig({ ANTHROPIC_API_KEY: 'sk-ant-one' }).upstreams).toEqual([{ url: 'https://api.anthropic.com', key: 'sk-ant-one' }]);
+    expect(loadConfig({ ANTHROPIC_API_KEY: 'sk-ant-one' }).upstreams).toEqual([upstream('https://api.anthropic.com', 'sk-ant-one')]);
   });
 
   it('gives one key to every URL of a comma-separated list', () => {
     const config = loadConfig({ CLAUDCODE_UPSTREAM_URL: 'http://a.test:8000/, https://b.test/anthropic', ANTHROPIC_API_KEY: 'k1' });
     expect(config.upstreams).toEqual([
-      { url: 'http://a.test:8000', key: 'k1' },
-      { url: 'https://b.test/anthropic', key: 'k1' },
+      upstream('http://a.test:8000', 'k1'),
+      upstream('https://b.test/anthropic', 'k1'),
     ]);
   });
 
@@ -112,9 +121,9 @@ describe('loadConfig from the environment', () => {
       ANTHROPIC_API_KEY: 'ignored',
     });
     expect(config.upstreams).toEqual([
-      { url: 'http://a.test', key: 'ka' },
-      { url: 'http://b.test', key: 'kb' },
-      { url: 'http://c.test', key: 'kc' },
+      upstream('http://a.test', 'ka'),
+      upstream('http://b.test', 'kb'),
+      upstream('http://c.test', 'kc'),
     ]);
   });
 
@@ -126,7 +135,7 @@ describe('loadConfig from the environment', () => {
 
   it('never reads ANTHROPIC_BASE_URL', () => {
     const config = loadConfig({ ANTHROPIC_BASE_URL: 'http://127.0.0.1:8080', ANTHROPIC_API_KEY: 'k' });
-    expect(config.upstreams).toEqual([{ url: 'https://api.anthropic.com', key: 'k' }]);
+    expect(config.upstreams).toEqual([upstream('https://api.anthropic.com', 'k')]);
     expect(JSON.stringify(loadConfig({ ANTHROPIC_BASE_URL: 'http://gateway.self' }))).not.toContain('gateway.self');
   });
 });
@@ -147,7 +156,7 @@ describe('loadConfig with a config file', () => {
     expect(config.port).toBe(7000);
     expect(config.host).toBe('0.0.0.0');
     expect(config.dataDir).toBe('/srv/claudcode');
-    expect(config.upstreams).toEqual([{ url: 'http://file-a.test' }, { url: 'http://file-b.test', key: 'file-key-b' }]);
+    expect(config.upstreams).toEqual([upstream('http://file-a.test'), upstream('http://file-b.test', 'file-key-b')]);
     expect(config.keyDefaults).toEqual({ budgetTokens: 5_000_000, windowSeconds: 7200, rpm: 5, concurrent: 5 });
     expect(config.budget.weights).toEqual({ input: 1, output: 2, cache_creation: 1, cache_read: 1 });
     expect(config.models).toHaveLength(1);
@@ -171,12 +180,53 @@ describe('loadConfig with a config file', () => {
   it('applies an environment key to the file URLs, and environment URLs replace the file ones', () => {
     const path = configFile(file);
     expect(loadConfig({ CLAUDCODE_CONFIG: path, ANTHROPIC_API_KEY: 'env-key' }).upstreams).toEqual([
-      { url: 'http://file-a.test', key: 'env-key' },
-      { url: 'http://file-b.test', key: 'env-key' },
+      upstream('http://file-a.test', 'env-key'),
+      upstream('http://file-b.test', 'env-key'),
     ]);
     expect(loadConfig({ CLAUDCODE_CONFIG: path, CLAUDCODE_UPSTREAM_URL: 'http://env.test', ANTHROPIC_API_KEY: 'env-key' }).upstreams).toEqual([
-      { url: 'http://env.test', key: 'env-key' },
+      upstream('http://env.test', 'env-key'),
     ]);
+  });
+
+  it('reads each upstream\'s name, priority, weight and models; names repeats; env URLs keep a listed URL\'s settings', () => {
+    const path = configFile({
+      upstreams: [
+        { name: 'primary', url: 'http://a.test', key: 'ka', priority: 0, weight: 3, models: ['claude-haiku-4-5'] },
+        { url: 'http://b.test', priority: 1 },
+        { url: 'http://b.test/other' },
+      ],
+    });
+    expect(loadConfig({ CLAUDCODE_CONFIG: path }).upstreams).toEqual([
+      { name: 'primary', url: 'http://a.test', key: 'ka', priority: 0, weight: 3, models: ['claude-haiku-4-5'] },
+      { name: 'b.test', url: 'http://b.test', priority: 1, weight: 1 },
+      { name: 'b.test-2', url: 'http://b.test/other', priority: 0, weight: 1 },
+    ]);
+    expect(loadConfig({ CLAUDCODE_CONFIG: path, CLAUDCODE_UPSTREAM_URL: 'http://a.test/,http://c.test' }).upstreams).toEqual([
+      { name: 'primary', url: 'http://a.test', key: 'ka', priority: 0, weight: 3, models: ['claude-haiku-4-5'] },
+      upstream('http://c.test'),
+    ]);
+    expect(configError(() => loadConfig({ CLAUDCODE_CONFIG: configFile({ upstreams: [{ url: 'http://a.test', name: 'bad name' }] }) })).message).toMatch(/upstreams\.0\.name/);
+    expect(configError(() => loadConfig({ CLAUDCODE_CONFIG: configFile({ upstreams: [{ url: 'http://a.test', weight: 0 }] }) })).message).toMatch(/upstreams\.0\.weight/);
+  });
+
+  it('reads the failover policy and upstream timeouts from the file and the environment', () => {
+    const defaults = loadConfig({});
+    expect(defaults.upstreamTimeouts).toEqual({ connectMs: 10_000, firstByteMs: 600_000, idleMs: 300_000 });
+    expect(defaults.failover).toEqual({ maxAttempts: 4, retryWithinMs: 20_000, backoffBaseMs: 200, backoffMaxMs: 5_000, breakerFailures: 5, breakerCooldownMs: 10_000 });
+    const path = configFile({ failover: { maxAttempts: 2, backoffBaseMs: 50 }, upstreamTimeouts: { idleMs: 1000 } });
+    const config = loadConfig({
+      CLAUDCODE_CONFIG: path,
+      CLAUDCODE_UPSTREAM_MAX_ATTEMPTS: '3',
+      CLAUDCODE_UPSTREAM_RETRY_WITHIN_MS: '5000',
+      CLAUDCODE_BREAKER_FAILURES: '2',
+      CLAUDCODE_BREAKER_COOLDOWN_MS: '1500',
+      CLAUDCODE_UPSTREAM_CONNECT_TIMEOUT_MS: '2000',
+      CLAUDCODE_UPSTREAM_FIRST_BYTE_TIMEOUT_MS: '60000',
+    });
+    expect(config.failover).toEqual({ maxAttempts: 3, retryWithinMs: 5000, backoffBaseMs: 50, backoffMaxMs: 5_000, breakerFailures: 2, breakerCooldownMs: 1500 });
+    expect(config.upstreamTimeouts).toEqual({ connectMs: 2000, firstByteMs: 60_000, idleMs: 1000 });
+    expect(configError(() => loadConfig({ CLAUDCODE_UPSTREAM_MAX_ATTEMPTS: '0' })).message).toMatch(/failover\.maxAttempts/);
+    expect(configError(() => loadConfig({ CLAUDCODE_UPSTREAM_IDLE_TIMEOUT_MS: 'soon' })).message).toMatch(/upstreamTimeouts\.idleMs/);
   });
 
   it('refuses a missing or malformed file', () => {
@@ -204,6 +254,7 @@ describe('loadConfig validation', () => {
     [{ CLAUDCODE_UPSTREAM_URL: 'not a url' }, /^\s*upstreams\.0\.url:/m],
     [{ CLAUDCODE_UPSTREAM_URL: 'http://ok.test,nope' }, /^\s*upstreams\.1\.url:/m],
     [{ CLAUDCODE_MAINTENANCE: 'yes' }, /^\s*maintenance:/m],
+    [{ CLAUDCODE_MAINTENANCE_RETRY_AFTER: '0' }, /^\s*maintenanceRetryAfterSeconds:/m],
     [{ CLAUDCODE_STRICT_BUDGET: 'maybe' }, /^\s*budget\.strict:/m],
     [{ CLAUDCODE_MAX_BODY_BYTES: '0' }, /^\s*maxBodyBytes:/m],
   ];

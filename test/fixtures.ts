@@ -1,9 +1,9 @@
 /**
  * Small test fixtures shared by the suites: seeded randomness (random.ts, which the benchmarks
  * use too), temp directories removed after the file's tests, key records for the limiter suites,
- * usage records with every field filled in (one at a time, or random ones with random report
- * queries), and a TCP proxy that can take a server away from its clients. (Free ports are in
- * ports.ts, which the benchmarks import: it must not import vitest.)
+ * usage records with every field filled in (one at a time, or random ones with random upstreams
+ * and random report queries), and a TCP proxy that can take a server away from its clients.
+ * (Free ports are in ports.ts, which the benchmarks import: it must not import vitest.)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
@@ -108,6 +108,22 @@ export function randomUsageRecords(
   return records;
 }
 
+/** The upstream names `withUpstreams` gives records (names as operators give them, and a default: a URL's host). */
+export const RANDOM_UPSTREAMS = ['anthropic-main', 'api.anthropic.com', 'backup-eu'] as const;
+
+/**
+ * The upstream that served each random record, drawn from its own generator so that the records'
+ * other fields stay as seeded: none for refusals and cache hits (left out or '', both mean none),
+ * else one of RANDOM_UPSTREAMS, or now and then none (as rows written before the field read).
+ */
+export function withUpstreams(records: UsageRecord[], rand: () => number): UsageRecord[] {
+  return records.map((r) => {
+    const none = r.outcome === 'rejected' || r.cached || rand() < 0.1;
+    if (none) return rand() < 0.5 ? r : { ...r, upstream: '' };
+    return { ...r, upstream: RANDOM_UPSTREAMS[Math.floor(rand() * RANDOM_UPSTREAMS.length)]! };
+  });
+}
+
 /**
  * A random report query over records spread on [start, end): edges unbounded, on hour and day
  * boundaries (±1 ms), on a record's own time, or anywhere; mostly ordered, now and then reversed
@@ -132,7 +148,7 @@ export function randomReportQuery(
   const [a, b] = [edge(), edge()];
   const [sinceMs, untilMs] = a !== undefined && b !== undefined && a > b && rand() < 0.9 ? [b, a] : [a, b];
   return {
-    by: pick(['model', 'key', 'day'] as const),
+    by: pick(['model', 'key', 'day', 'upstream'] as const),
     ...(sinceMs === undefined ? {} : { sinceMs }),
     ...(untilMs === undefined ? {} : { untilMs }),
     ...(rand() < 0.4 ? { keyId: pick([...keys, 'key_none']) } : {}),

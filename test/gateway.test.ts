@@ -443,6 +443,8 @@ describe('errors', () => {
       const k = await maint.newKey();
       const err = (await maint.client(k.key).messages.create({ model: 'claude-haiku-4-5', max_tokens: 10, messages: [MESSAGE] }).catch((e: unknown) => e)) as APIError;
       expect(err.status).toBe(503);
+      expect(err.type).toBe('overloaded_error');
+      expect(err.headers?.get('retry-after')).toBe('60');
       const health = await request(`${maint.url}/health`);
       expect(health.statusCode).toBe(200);
       expect(await health.body.json()).toEqual({ status: 'maintenance' });

@@ -31,7 +31,12 @@ export interface Stack {
 }
 
 export async function startStack(
-  options: { config?: Partial<ConfigInput>; fake?: FakeUpstreamOptions; dataDir?: string } = {},
+  options: {
+    /** Config over the stack's defaults; a function gets the stack's fake upstream (to name it in `upstreams`). */
+    config?: Partial<ConfigInput> | ((fake: FakeUpstream) => Partial<ConfigInput>);
+    fake?: FakeUpstreamOptions;
+    dataDir?: string;
+  } = {},
 ): Promise<Stack> {
   const fake = await startFakeUpstream(options.fake);
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'claudcode-test-'));
@@ -53,8 +58,11 @@ export async function startStack(
     // The response cache would answer the suites' repeated identical requests itself; its own
     // suite (cache.test.ts) turns it on.
     cache: { enabled: false },
+    // Upstream errors the suites provoke are retried (the failover policy); short pauses keep
+    // them quick. failover.test.ts checks the policy's own bounds.
+    failover: { backoffBaseMs: 10, backoffMaxMs: 50 },
     shutdownGraceMs: 5000,
-    ...options.config,
+    ...(typeof options.config === 'function' ? options.config(fake) : options.config),
   });
   const gateway = await createGateway(config, { logger: createLogger('debug', sink) });
   const { url } = await gateway.listen();

@@ -17,7 +17,7 @@ import {
   MAX_REQUEST_HEADER_BYTES,
   MAX_REQUEST_HEADERS,
   upstreamRequestHeaders,
-} from '../src/upstream.ts';
+} from '../src/upstream/headers.ts';
 import { ADMIN_TOKEN, MESSAGE, startStack, thrownBy, type Stack } from './helpers.ts';
 
 interface RawExchange {

@@ -1,8 +1,9 @@
 /**
  * What only the PostgreSQL store has (the contract it shares with SQLite is store.test.ts):
  * versioned migrations under the advisory lock (fresh, a no-op on reopen, instances opening one
- * fresh database at once, a newer or conflicting schema refused); reports from the rollups equal
- * one aggregate over the raw rows for any range, with batches written by several stores at once;
+ * fresh database at once, a newer or conflicting schema refused, every earlier version migrated
+ * with its rows under upstream ''); reports from the rollups equal one aggregate over the raw rows
+ * for any range and grouping (upstream included), with batches written by several stores at once;
  * usage batches that are safe to retry, even after a COMMIT whose answer was lost; a server that
  * is unreachable at start (a bounded wait, a clear error, no credentials) or that goes away at
  * run time (calls reject, then succeed, nothing lost or doubled).
@@ -17,7 +18,9 @@ import { createLogger } from '../src/logger.ts';
 import { describeDatabaseUrl, PostgresStore, type PostgresOptions } from '../src/store/postgres.ts';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/postgres-schema.ts';
 import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
-import { randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, startTcpProxy, usageRecordAt, type TcpProxy } from './fixtures.ts';
+import {
+  randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, startTcpProxy, usageRecordAt, withUpstreams, type TcpProxy,
+} from './fixtures.ts';
 import { createTestDatabase, POSTGRES_ADMIN_URL, services } from './services.ts';
 
 const HOUR = 3_600_000;
@@ -82,6 +85,7 @@ const RAW_GROUP: Record<UsageGrouping, string> = {
   model: 'model',
   key: 'key_id',
   day: "to_char(to_timestamp(ts / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+  upstream: 'upstream',
 };
 async function rawReport(client: pg.Client, query: UsageQuery): Promise<UsageRow[]> {
   const where: string[] = [];
@@ -147,21 +151,33 @@ const ROLLUP_COLUMNS: Record<string, string> = {
   latency_ms: 'SUM(latency_ms)',
 };
 
-/** Each rollup equals a fresh aggregate of the raw rows, group by group. */
+/** Each rollup equals a fresh aggregate of the raw rows, group by group (period, key, model, upstream). */
 async function expectRollupsExact(url: string): Promise<void> {
   await withClient(url, async (client) => {
     for (const [table, period, ms] of [['usage_hourly', 'hour', HOUR], ['usage_daily', 'day', 24 * HOUR]] as const) {
       const columns = Object.keys(ROLLUP_COLUMNS);
       const { rows } = await client.query(
         `WITH fresh AS (
-           SELECT floor(ts::numeric / ${ms})::bigint AS p, key_id, model, ${columns.map((c) => `${ROLLUP_COLUMNS[c]} AS ${c}`).join(', ')}
-           FROM usage GROUP BY 1, 2, 3)
-         SELECT * FROM fresh FULL JOIN ${table} r ON r.${period} = fresh.p AND r.key_id = fresh.key_id AND r.model = fresh.model
+           SELECT floor(ts::numeric / ${ms})::bigint AS p, key_id, model, upstream, ${columns.map((c) => `${ROLLUP_COLUMNS[c]} AS ${c}`).join(', ')}
+           FROM usage GROUP BY 1, 2, 3, 4)
+         SELECT * FROM fresh FULL JOIN ${table} r
+           ON r.${period} = fresh.p AND r.key_id = fresh.key_id AND r.model = fresh.model AND r.upstream = fresh.upstream
          WHERE fresh.p IS NULL OR r.${period} IS NULL OR ${columns.map((c) => `r.${c} <> fresh.${c}`).join(' OR ')}`,
       );
       expect(rows, `${table} differs from the raw rows`).toEqual([]);
     }
   });
+}
+
+/** A table's primary key columns, in key order. */
+async function primaryKey(url: string, table: string): Promise<string[]> {
+  return withClient(url, (c) =>
+    c.query<{ attname: string }>(
+      `SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+       WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)`,
+      [table],
+    ).then((r) => r.rows.map((row) => row.attname)),
+  );
 }
 
 /** Every migration's version, as a fresh database gets them. */
@@ -191,18 +207,24 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
       await second.close();
       expect(await versions()).toEqual(applied);
       expect(log.lines().filter((l) => l.msg === 'PostgreSQL store ready').map((l) => l.migrationsApplied)).toEqual([ALL_VERSIONS, []]);
-      // The columns of the later migrations: nullable cache settings on keys, saved_tokens NOT NULL DEFAULT 0 on usage and both rollups.
+      // The columns of the later migrations: nullable cache settings on keys, saved_tokens NOT NULL DEFAULT 0
+      // and upstream NOT NULL DEFAULT '' on usage and both rollups, whose primary keys hold upstream.
       const columns = await withClient(url, (c) =>
         c.query<{ table_name: string; column_name: string; data_type: string; is_nullable: string; column_default: string | null }>(
           `SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns
-           WHERE table_schema = 'public' AND column_name IN ('cache_ttl_seconds', 'cache_group', 'saved_tokens') ORDER BY 1, 2`,
+           WHERE table_schema = 'public' AND column_name IN ('cache_ttl_seconds', 'cache_group', 'saved_tokens', 'upstream') ORDER BY 1, 2`,
         ).then((r) => r.rows),
       );
       expect(columns).toEqual([
         { table_name: 'keys', column_name: 'cache_group', data_type: 'text', is_nullable: 'YES', column_default: null },
         { table_name: 'keys', column_name: 'cache_ttl_seconds', data_type: 'bigint', is_nullable: 'YES', column_default: null },
-        ...['usage', 'usage_daily', 'usage_hourly'].map((table_name) => ({ table_name, column_name: 'saved_tokens', data_type: 'bigint', is_nullable: 'NO', column_default: '0' })),
+        ...['usage', 'usage_daily', 'usage_hourly'].flatMap((table_name) => [
+          { table_name, column_name: 'saved_tokens', data_type: 'bigint', is_nullable: 'NO', column_default: '0' },
+          { table_name, column_name: 'upstream', data_type: 'text', is_nullable: 'NO', column_default: "''::text" },
+        ]),
       ]);
+      expect(await primaryKey(url, 'usage_hourly')).toEqual(['hour', 'key_id', 'model', 'upstream']);
+      expect(await primaryKey(url, 'usage_daily')).toEqual(['day', 'key_id', 'model', 'upstream']);
     });
 
     it('stores opening one fresh database at once all succeed, and migrate it once', async () => {
@@ -271,7 +293,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     }
 
     it.each(Array.from({ length: SCHEMA_VERSION - 1 }, (_, i) => i + 1))(
-      'migrates a database at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved',
+      'migrates a database at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved and no upstream',
       async (version) => {
         const url = await freshDatabase(`pg_from_v${version}`);
         const rows = await databaseAtVersion(url, version);
@@ -290,22 +312,37 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
           expect(await store.keysGeneration()).toBe(7);
           expect(await store.getMeta('admin_token_sha256')).toBe('abc');
 
-          expect(await rawTotals(url)).toMatchObject({ rows, saved: 0 });
+          const totals = await rawTotals(url);
+          expect(totals).toMatchObject({ rows, saved: 0 });
+          // Old rows served no named upstream: '' in usage and in the rollups, whose keys now hold it.
+          for (const table of ['usage', 'usage_hourly', 'usage_daily']) {
+            expect(await withClient(url, (c) => c.query(`SELECT DISTINCT upstream FROM ${table}`).then((r) => r.rows))).toEqual([{ upstream: '' }]);
+          }
+          expect(await primaryKey(url, 'usage_hourly')).toEqual(['hour', 'key_id', 'model', 'upstream']);
           await expectRollupsExact(url);
           await withClient(url, async (client) => {
-            for (const by of ['model', 'key', 'day'] as const) {
+            for (const by of ['model', 'key', 'day', 'upstream'] as const) {
               for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - 24 * HOUR, untilMs: T + 3 * HOUR + 5 }]) {
                 const report = await store.usageReport({ by, ...range });
                 expect(report).toEqual(await rawReport(client, { by, ...range }));
                 expect(report.length).toBeGreaterThan(0);
                 expect(report.every((r) => r.savedTokens === 0)).toBe(true);
+                if (by === 'upstream') expect(report.every((r) => r.group === '')).toBe(true);
               }
             }
           });
-          // The migrated database takes the new fields.
-          await store.insertUsage([usage({ keyId: 'key_old', ts: T + 10, cached: true, billedTokens: 0, savedTokens: 55 }), usage({ keyId: 'key_old', ts: T - 24 * HOUR + 1 })]);
+          expect((await store.usageReport({ by: 'upstream' })).reduce((n, r) => n + r.requests, 0)).toBe(totals.requests);
+          // The migrated database takes the new fields: an upstream beside old rows of the same hour, key and model.
+          await store.insertUsage([
+            usage({ keyId: 'key_old', ts: T + 10, cached: true, billedTokens: 0, savedTokens: 55 }),
+            usage({ keyId: 'key_old', ts: T - 24 * HOUR + 1 }),
+            usage({ keyId: 'key_old', ts: T + 20, model: 'claude-haiku-4-5', upstream: 'anthropic-main', billedTokens: 70 }),
+          ]);
           await expectRollupsExact(url);
           expect((await store.usageReport({ by: 'key', keyId: 'key_old' })).reduce((n, r) => n + r.savedTokens, 0)).toBe(55);
+          const byUpstream = await store.usageReport({ by: 'upstream', sinceMs: T - 24 * HOUR });
+          expect(byUpstream).toEqual(await withClient(url, (client) => rawReport(client, { by: 'upstream', sinceMs: T - 24 * HOUR })));
+          expect(byUpstream.filter((r) => r.group !== '')).toMatchObject([{ group: 'anthropic-main', model: 'claude-haiku-4-5', requests: 1, billedTokens: 70 }]);
           expect(await store.updateKey('key_old', { cacheTtlSeconds: 0, cacheGroup: 'g1' })).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: 'g1', name: 'old' });
         } finally {
           await store.close();
@@ -352,7 +389,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     beforeAll(async () => {
       url = await freshDatabase('pg_rollup');
       stores = await Promise.all([0, 1, 2].map(() => PostgresStore.open(url, { logger: silent() })));
-      records = withSavedTokens(randomUsageRecords(rand, { count: 4000, ...span }), seededRandom(43));
+      records = withUpstreams(withSavedTokens(randomUsageRecords(rand, { count: 4000, ...span }), seededRandom(43)), seededRandom(44));
       // Out of time order, in batches of every size, three stores writing at once: the rollups
       // merge rows across batches and across concurrent writers into the same groups.
       const batches: UsageRecord[][] = [];
@@ -387,6 +424,22 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
         if (expected.length) nonEmpty++;
       }
       expect(nonEmpty).toBeGreaterThan(300);
+    });
+
+    it('groups by upstream from the rollups as the raw rows do: a group per name, and \'\' for requests no upstream served', async () => {
+      const requests = (rows: readonly { requests?: number }[]) => rows.reduce((n, r) => n + (r.requests ?? 1), 0);
+      const all = await stores[0]!.usageReport({ by: 'upstream' });
+      expect([...new Set(all.map((r) => r.group))]).toEqual(['', 'anthropic-main', 'api.anthropic.com', 'backup-eu']);
+      expect(all).toEqual(await rawReport(raw, { by: 'upstream' }));
+      expect(requests(all.filter((r) => r.group === ''))).toBe(requests(records.filter((r) => !r.upstream)));
+      expect(requests(all)).toBe(requests(records));
+      for (const range of [
+        { sinceMs: T - 24 * HOUR - 7, untilMs: T + 27 * HOUR + 5 },
+        { sinceMs: T + 1, untilMs: T + 2 * HOUR - 1 },
+        { sinceMs: T - 30 * HOUR, keyId: 'key_b' },
+      ]) {
+        expect(await stores[1]!.usageReport({ by: 'upstream', ...range }), JSON.stringify(range)).toEqual(await rawReport(raw, { by: 'upstream', ...range }));
+      }
     });
 
     it('gives budget buckets equal to the raw rows', async () => {
@@ -464,7 +517,10 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     it('keep records apart that differ in any field, even with one request id', async () => {
       const before = await rawTotals(url);
       const a = usage({ ts: T + 3 * HOUR });
-      const variants = [a, { ...a, ts: a.ts + 1 }, { ...a, billedTokens: a.billedTokens + 1 }, { ...a, requests: 2 }, { ...a, cached: true }, { ...a, savedTokens: 9 }];
+      const variants = [
+        a, { ...a, ts: a.ts + 1 }, { ...a, billedTokens: a.billedTokens + 1 }, { ...a, requests: 2 }, { ...a, cached: true }, { ...a, savedTokens: 9 },
+        { ...a, upstream: 'anthropic-main' }, { ...a, upstream: 'backup-eu' },
+      ];
       await store.insertUsage(variants);
       const after = await rawTotals(url);
       expect(after.rows - before.rows).toBe(variants.length);

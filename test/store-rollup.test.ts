@@ -1,10 +1,11 @@
 /**
  * The SQLite store's schema and reports: reports served from the daily and hourly rollups equal
- * one plain aggregate over the raw rows for any range, grouping and key; coalesced records count
- * as the requests they stand for; files created by the store before it was versioned migrate
- * cleanly; stores opening one fresh file at once do not race. (What every store does — budget
- * bucket filters, a coalesced record in store and admin reports — is the contract suite's,
- * store.test.ts.)
+ * one plain aggregate over the raw rows for any range, grouping (upstream included) and key, over
+ * records served by several upstreams and by none; coalesced records count as the requests they
+ * stand for; files created by the store before it was versioned, or at any earlier version,
+ * migrate cleanly (old rows under upstream ''); stores opening one fresh file at once do not
+ * race. (What every store does — budget bucket filters, a coalesced record in store and admin
+ * reports — is the contract suite's, store.test.ts.)
  */
 import { join } from 'node:path';
 import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
@@ -12,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/schema.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
-import { randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, tempDirs, usageRecordAt } from './fixtures.ts';
+import { randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, tempDirs, usageRecordAt, withUpstreams } from './fixtures.ts';
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
@@ -23,7 +24,7 @@ const usage = (over: Partial<UsageRecord> = {}) => usageRecordAt({ ts: T, keyId:
 const random = seededRandom;
 
 /** The reference: one aggregate over the raw usage rows, each counted as `requests` requests. */
-const RAW_GROUP: Record<UsageGrouping, string> = { model: 'model', key: 'key_id', day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')" };
+const RAW_GROUP: Record<UsageGrouping, string> = { model: 'model', key: 'key_id', day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')", upstream: 'upstream' };
 function rawReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {
   const where: string[] = [];
   const params: SQLInputValue[] = [];
@@ -43,7 +44,7 @@ function rawReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {
   return rows.map((row) => ({ ...row }) as unknown as UsageRow);
 }
 
-/** Each rollup table equals a fresh aggregate of the raw rows, group by group and column by column. */
+/** Each rollup table equals a fresh aggregate of the raw rows, group by group (period, key, model, upstream) and column by column. */
 function expectRollupsExact(db: DatabaseSync): void {
   const sums = `SUM(requests) AS requests,
     SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
@@ -52,8 +53,8 @@ function expectRollupsExact(db: DatabaseSync): void {
     SUM(billed_tokens) AS billed_tokens, SUM(saved_tokens) AS saved_tokens, SUM(latency_ms) AS latency_ms`;
   const columns = 'requests, errors, cached_requests, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, saved_tokens, latency_ms';
   for (const [table, period, ms] of [['usage_hourly', 'hour', HOUR], ['usage_daily', 'day', DAY]] as const) {
-    const fresh = db.prepare(`SELECT ts / ${ms} - (ts % ${ms} < 0) AS p, key_id, model, ${sums} FROM usage GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`).all();
-    const rolled = db.prepare(`SELECT ${period} AS p, key_id, model, ${columns} FROM ${table} ORDER BY 1, 2, 3`).all();
+    const fresh = db.prepare(`SELECT ts / ${ms} - (ts % ${ms} < 0) AS p, key_id, model, upstream, ${sums} FROM usage GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4`).all();
+    const rolled = db.prepare(`SELECT ${period} AS p, key_id, model, upstream, ${columns} FROM ${table} ORDER BY 1, 2, 3, 4`).all();
     expect(rolled.map((r) => ({ ...r })), `${table} differs from the raw rows`).toEqual(fresh.map((r) => ({ ...r })));
   }
 }
@@ -77,7 +78,7 @@ describe('usage reports from the rollups', () => {
     const dir = tempDir();
     store = new SqliteStore(dir);
     // Rows pile up on the hour and day boundaries too, where off-by-one errors would show.
-    records = withSavedTokens(randomUsageRecords(rand, { count: 4000, ...span }), random(42));
+    records = withUpstreams(withSavedTokens(randomUsageRecords(rand, { count: 4000, ...span }), random(42)), random(43));
     // Out of time order, in batches of every size: the rollups merge rows across batches.
     for (let i = 0; i < records.length; ) {
       const size = 1 + Math.floor(rand() * 400);
@@ -100,6 +101,25 @@ describe('usage reports from the rollups', () => {
       if (expected.length) nonEmpty++;
     }
     expect(nonEmpty).toBeGreaterThan(300);
+  });
+
+  it('groups by upstream from the rollups as the raw rows do: a group per name, and \'\' for requests no upstream served', async () => {
+    const requests = (rows: readonly { requests?: number }[]) => rows.reduce((n, r) => n + (r.requests ?? 1), 0);
+    const all = await store.usageReport({ by: 'upstream' });
+    expect([...new Set(all.map((r) => r.group))]).toEqual(['', 'anthropic-main', 'api.anthropic.com', 'backup-eu']);
+    expect(all).toEqual(rawReport(raw, { by: 'upstream' }));
+    // Refusals and cache hits (and records without a name) are all in '', each request in one group.
+    expect(requests(all.filter((r) => r.group === ''))).toBe(requests(records.filter((r) => !r.upstream)));
+    expect(all.filter((r) => r.group === '').reduce((n, r) => n + r.cachedRequests, 0)).toBe(requests(records.filter((r) => r.cached)));
+    expect(requests(all)).toBe(requests(records));
+    for (const range of [
+      { sinceMs: T - DAY - 7, untilMs: T + DAY + 3 * HOUR + 5 }, // whole days, whole hours and partial ones
+      { sinceMs: T + 1, untilMs: T + 2 * HOUR - 1 }, // partial hours and one whole hour
+      { sinceMs: T - 30 * HOUR, keyId: 'key_b' },
+      { untilMs: T, keyId: 'key_none' },
+    ]) {
+      expect(await store.usageReport({ by: 'upstream', ...range }), JSON.stringify(range)).toEqual(rawReport(raw, { by: 'upstream', ...range }));
+    }
   });
 
   it('keeps the rollups equal to the raw rows in every summed column, saved tokens included', () => {
@@ -127,6 +147,12 @@ describe('usage reports from the rollups', () => {
     expect(partial.requests).toBe(records.filter((r) => r.ts >= T + 1 && r.ts < T + 2 * HOUR - 1).reduce((n, r) => n + (r.requests ?? 1), 0));
   });
 });
+
+/** A table's primary key columns, in key order. */
+function primaryKey(db: DatabaseSync, table: string): string[] {
+  return (db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; pk: number }[])
+    .filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk).map((c) => c.name);
+}
 
 /**
  * The schema the store created before it was versioned (user_version 0): migration 1 is that
@@ -169,7 +195,7 @@ describe('schema migrations', () => {
         expect(raw.prepare('SELECT DISTINCT requests, saved_tokens FROM usage').all().map((r) => ({ ...r }))).toEqual([{ requests: 1, saved_tokens: 0 }]);
         expectRollupsExact(raw);
         // The backfilled rollups answer as the raw rows do, and new rows add to them.
-        for (const by of ['model', 'key', 'day'] as const) {
+        for (const by of ['model', 'key', 'day', 'upstream'] as const) {
           for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - DAY, untilMs: T + 3 * HOUR + 5 }]) {
             expect(await store.usageReport({ by, ...range })).toEqual(rawReport(raw, { by, ...range }));
           }
@@ -230,7 +256,7 @@ describe('schema migrations', () => {
   }
 
   it.each(Array.from({ length: SCHEMA_VERSION }, (_, v) => v))(
-    'migrates a file at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved',
+    'migrates a file at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved and no upstream',
     async (version) => {
       const dir = tempDir();
       const rows = fileAtVersion(dir, version);
@@ -251,19 +277,39 @@ describe('schema migrations', () => {
         try {
           expect((raw.prepare('PRAGMA user_version').get() as { user_version: number }).user_version).toBe(SCHEMA_VERSION);
           expect(raw.prepare('SELECT count(*) AS n, SUM(saved_tokens) AS saved FROM usage').get()).toEqual({ n: rows, saved: 0 });
+          // Old rows served no named upstream: '' in usage and in the rollups, whose keys now hold it.
+          expect(raw.prepare('SELECT DISTINCT upstream FROM usage').all().map((r) => ({ ...r }))).toEqual([{ upstream: '' }]);
+          for (const [table, period] of [['usage_hourly', 'hour'], ['usage_daily', 'day']] as const) {
+            expect(primaryKey(raw, table)).toEqual([period, 'key_id', 'model', 'upstream']);
+            expect(raw.prepare(`SELECT DISTINCT upstream FROM ${table}`).all().map((r) => ({ ...r }))).toEqual([{ upstream: '' }]);
+            expect(raw.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL`).all(table).map((r) => r.name)).toEqual([`${table}_key`]);
+          }
           expectRollupsExact(raw);
-          for (const by of ['model', 'key', 'day'] as const) {
+          const requests = (raw.prepare('SELECT SUM(requests) AS n FROM usage').get() as { n: number }).n;
+          for (const by of ['model', 'key', 'day', 'upstream'] as const) {
             for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - DAY, untilMs: T + 3 * HOUR + 5 }]) {
               const report = await store.usageReport({ by, ...range });
               expect(report).toEqual(rawReport(raw, { by, ...range }));
               expect(report.every((r) => r.savedTokens === 0)).toBe(true);
+              if (by === 'upstream') expect(report.every((r) => r.group === '')).toBe(true);
             }
           }
-          // The migrated file takes the new fields.
-          await store.insertUsage([usage({ keyId: 'key_old', ts: T + 10, cached: true, billedTokens: 0, savedTokens: 55 }), usage({ keyId: 'key_old', ts: T - DAY + 1 })]);
+          expect((await store.usageReport({ by: 'upstream' })).reduce((n, r) => n + r.requests, 0)).toBe(requests);
+          // The migrated file takes the new fields: an upstream beside old rows of the same hour, key and model.
+          await store.insertUsage([
+            usage({ keyId: 'key_old', ts: T + 10, cached: true, billedTokens: 0, savedTokens: 55 }),
+            usage({ keyId: 'key_old', ts: T - DAY + 1 }),
+            usage({ keyId: 'key_old', ts: T + 20, model: 'claude-haiku-4-5', upstream: 'anthropic-main', billedTokens: 70 }),
+          ]);
           expectRollupsExact(raw);
           expect(await store.usageReport({ by: 'key', keyId: 'key_old', sinceMs: T, untilMs: T + HOUR })).toEqual(rawReport(raw, { by: 'key', keyId: 'key_old', sinceMs: T, untilMs: T + HOUR }));
           expect((await store.usageReport({ by: 'key', keyId: 'key_old' })).reduce((n, r) => n + r.savedTokens, 0)).toBe(55);
+          const byUpstream = await store.usageReport({ by: 'upstream', sinceMs: T - DAY });
+          expect(byUpstream).toEqual(rawReport(raw, { by: 'upstream', sinceMs: T - DAY }));
+          expect(byUpstream.filter((r) => r.group !== '')).toMatchObject([{ group: 'anthropic-main', model: 'claude-haiku-4-5', requests: 1, billedTokens: 70 }]);
+          expect(byUpstream.filter((r) => r.group === '').reduce((n, r) => n + r.requests, 0)).toBe(
+            (raw.prepare("SELECT SUM(requests) AS n FROM usage WHERE upstream = '' AND ts >= ?").get(T - DAY) as { n: number }).n,
+          );
           expect(await store.updateKey('key_old', { cacheTtlSeconds: 0, cacheGroup: 'g1' })).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: 'g1', name: 'old' });
         } finally {
           raw.close();

@@ -427,6 +427,58 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         expect(empty.totals.tokens_saved).toBe(0);
       });
 
+      it('groups by upstream, \'\' for requests none served, records differing only by upstream kept apart, over whole days, whole hours and partial ones, in store and admin reports', async () => {
+        const H = 3_600_000;
+        const D0 = Date.UTC(2026, 5, 1); // June: a range of its own
+        const refused = { status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 } as const;
+        await store.insertUsage([
+          // Two records alike but for the upstream (same minute, key and model): two groups, not one.
+          usage({ keyId: 'key_up1', ts: D0 + 5 * H + 17, upstream: 'anthropic-main', billedTokens: 10 }),
+          usage({ keyId: 'key_up1', ts: D0 + 5 * H + 17, upstream: 'api.anthropic.com', billedTokens: 20 }),
+          usage({ keyId: 'key_up1', ts: D0 + 5 * H + 1_000, upstream: 'anthropic-main', model: 'claude-sonnet-4-6', billedTokens: 40 }),
+          // Refusals and cache hits reach no upstream: left out, or ''.
+          usage({ keyId: 'key_up1', ts: D0 + 5 * H + 2_000, ...refused, requests: 3 }),
+          usage({ keyId: 'key_up2', ts: D0 + DAY + 12 * H, cached: true, billedTokens: 0, savedTokens: 33, upstream: '' }),
+          usage({ keyId: 'key_up2', ts: D0 + 2 * DAY + 1, upstream: 'backup-eu', billedTokens: 80 }),
+        ]);
+        const since = D0;
+        const until = D0 + 3 * DAY;
+        const rows = async (range: { sinceMs?: number; untilMs?: number; keyId?: string } = {}, by: 'upstream' | 'key' = 'upstream') =>
+          (await store.usageReport({ by, sinceMs: since, untilMs: until, ...range })).map((r) => [r.group, r.model, r.requests, r.billedTokens]);
+        expect(await rows()).toEqual([
+          ['', 'claude-haiku-4-5', 4, 0],
+          ['anthropic-main', 'claude-haiku-4-5', 1, 10],
+          ['anthropic-main', 'claude-sonnet-4-6', 1, 40],
+          ['api.anthropic.com', 'claude-haiku-4-5', 1, 20],
+          ['backup-eu', 'claude-haiku-4-5', 1, 80],
+        ]);
+        // Edges inside hours and days: raw rows, the hourly rollup and the daily one add up the same.
+        expect(await rows({ sinceMs: D0 + 5 * H + 18, untilMs: D0 + 2 * DAY + 2 })).toEqual([
+          ['', 'claude-haiku-4-5', 4, 0],
+          ['anthropic-main', 'claude-sonnet-4-6', 1, 40],
+          ['backup-eu', 'claude-haiku-4-5', 1, 80],
+        ]);
+        expect(await rows({ sinceMs: D0 + 5 * H, untilMs: D0 + 6 * H, keyId: 'key_up1' })).toEqual([
+          ['', 'claude-haiku-4-5', 3, 0],
+          ['anthropic-main', 'claude-haiku-4-5', 1, 10],
+          ['anthropic-main', 'claude-sonnet-4-6', 1, 40],
+          ['api.anthropic.com', 'claude-haiku-4-5', 1, 20],
+        ]);
+        expect(await rows({ sinceMs: D0 + DAY, untilMs: D0 + 2 * DAY, keyId: 'key_up2' })).toEqual([['', 'claude-haiku-4-5', 1, 0]]);
+        // The other groupings add the upstreams up.
+        expect(await rows({ keyId: 'key_up1' }, 'key')).toEqual([['key_up1', 'claude-haiku-4-5', 5, 30], ['key_up1', 'claude-sonnet-4-6', 1, 40]]);
+
+        const report = await usageReport(store, new ModelCatalog([]), { by: 'upstream', sinceMs: since, untilMs: until });
+        expect(report.by).toBe('upstream');
+        expect(report.rows.map((r) => [r.group, r.requests, r.errors, r.cached_requests, r.billed_tokens, r.tokens_saved])).toEqual([
+          ['', 4, 3, 1, 0, 33],
+          ['anthropic-main', 2, 0, 0, 50, 0],
+          ['api.anthropic.com', 1, 0, 0, 20, 0],
+          ['backup-eu', 1, 0, 0, 80, 0],
+        ]);
+        expect(report.totals).toMatchObject({ requests: 8, errors: 3, billed_tokens: 150, tokens_saved: 33 });
+      });
+
       it('orders report rows by group, then model, bytewise', async () => {
         const models = ['claude-b', 'Claude-a', 'claude_c', 'claude-\u00e9', 'claude-B'];
         await store.insertUsage(models.map((model) => usage({ keyId: 'key_order', model, billedTokens: 0 })));

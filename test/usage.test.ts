@@ -385,6 +385,34 @@ describe('UsageRecorder', () => {
     await recorder.close();
   });
 
+  it('coalesces refusals, which no upstream served, apart from served records, which keep their upstreams', async () => {
+    const { store: spy, batches } = flakyStore(0);
+    const recorder = new UsageRecorder(spy, { flushMs: 60_000, onError: () => {} });
+    const refusal = (over: Partial<UsageRecord>) =>
+      record('key_up', { status: 429, outcome: 'rejected', inputTokens: 0, outputTokens: 0, billedTokens: 0, ts: T + 1_000, ...over });
+    recorder.record(refusal({}));
+    recorder.record(refusal({ ts: T + 2_000, upstream: '' })); // '' and no upstream are one and the same
+    recorder.record(refusal({ ts: T + 3_000 }));
+    recorder.record(record('key_up', { upstream: 'anthropic-main' }));
+    recorder.record(record('key_up', { upstream: 'anthropic-main' }));
+    recorder.record(record('key_up', { upstream: 'backup-eu' }));
+    recorder.record(record('key_up', { cached: true, billedTokens: 0, savedTokens: 15 })); // a cache hit: no upstream
+    // Were a refusal ever recorded with an upstream, its count would stay with that upstream.
+    recorder.record(refusal({ ts: T + 4_000, upstream: 'backup-eu' }));
+    await recorder.flush();
+    const [batch] = batches;
+    const refusals = batch!.filter((r) => r.outcome === 'rejected');
+    expect(refusals.map((r) => [r.upstream ?? '', r.requests])).toEqual([['', 3], ['backup-eu', 1]]);
+    expect(batch!.filter((r) => r.outcome === 'ok').map((r) => r.upstream ?? '')).toEqual(['anthropic-main', 'anthropic-main', 'backup-eu', '']);
+    const report = await store.usageReport({ by: 'upstream', keyId: 'key_up' });
+    expect(report.map((r) => [r.group, r.requests, r.errors, r.cachedRequests, r.billedTokens])).toEqual([
+      ['', 4, 3, 1, 0],
+      ['anthropic-main', 2, 0, 0, 30],
+      ['backup-eu', 2, 1, 0, 15],
+    ]);
+    await recorder.close();
+  });
+
   it('flushes on its timer', async () => {
     const recorder = new UsageRecorder(store, { flushMs: 20, onError: () => {} });
     recorder.record(record('key_timer'));

@@ -7,8 +7,10 @@
  *
  * Faults can be injected per request with headers (`x-fake-status`,
  * `x-fake-latency-ms`, `x-fake-cut-after`, `x-fake-drop-connection`,
- * `x-fake-stream-error-after`, `x-fake-output-tokens`, `x-fake-event-delay-ms`) or queued with
- * `queueFault()` for the next `POST /v1/messages` requests.
+ * `x-fake-stream-error-after`, `x-fake-output-tokens`, `x-fake-event-delay-ms`,
+ * `x-fake-retry-after`), queued with `queueFault()` for the next `POST /v1/messages` requests,
+ * or standing (`options.fault`, `setFault()`) for every one — a whole upstream that is
+ * overloaded or broken, as failover tests need.
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, OutgoingHttpHeaders, Server, ServerResponse } from 'node:http';
@@ -34,6 +36,8 @@ export interface RecordedRequest {
   headers: Record<string, string | string[] | undefined>;
   body: string;
   requestId: string;
+  /** Unix ms when the request's body had arrived. */
+  receivedAt: number;
 }
 
 export interface Fault {
@@ -49,6 +53,15 @@ export interface Fault {
   eventDelayMs?: number;
   /** Streams only: after k deltas send an `event: error` (overloaded_error) and end the stream, like the real API does mid-stream. */
   streamErrorAfter?: number;
+  /** With `status`: the error's `retry-after` header, in seconds (a 429 gets "1" by default). */
+  retryAfter?: string;
+}
+
+/** A stream the client closed before it was complete, as the fake saw it. */
+export interface ClosedStream {
+  requestId: string;
+  /** Unix ms when the fake saw the connection close. */
+  at: number;
 }
 
 export interface FakeUpstreamOptions {
@@ -59,6 +72,8 @@ export interface FakeUpstreamOptions {
   eventDelayMs?: number;
   /** Record every request in `requests` (default true; the benchmark sets false). */
   record?: boolean;
+  /** A fault applied to every `POST /v1/messages` (queued faults and headers override it). */
+  fault?: Fault;
 }
 
 export interface FakeUpstream {
@@ -68,6 +83,10 @@ export interface FakeUpstream {
   reported: Map<string, Usage>;
   totalReported(): Usage;
   queueFault(fault: Fault): void;
+  /** Sets (or with undefined clears) the standing fault of every `POST /v1/messages`. */
+  setFault(fault: Fault | undefined): void;
+  /** Streams whose client closed the connection before the stream was complete. */
+  closedStreams: ClosedStream[];
   reset(): void;
   close(): Promise<void>;
 }
@@ -249,6 +268,8 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   const requests: RecordedRequest[] = [];
   const reported = new Map<string, Usage>();
   const faults: Fault[] = [];
+  let standingFault: Fault = { ...opts.fault };
+  const closedStreams: ClosedStream[] = [];
   const cacheSeen = new Set<string>();
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
@@ -332,9 +353,10 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     return false;
   }
 
-  function sendError(res: ServerResponse, status: number, requestId: string, message: string | undefined, cut: boolean, type?: string): Promise<boolean> {
+  function sendError(res: ServerResponse, status: number, requestId: string, message: string | undefined, cut: boolean, type?: string, fault?: Fault): Promise<boolean> {
     const [defType, defMessage] = errorTypeFor(status);
-    const extra: OutgoingHttpHeaders | undefined = status === 429 ? { 'retry-after': '1' } : undefined;
+    const retryAfter = fault?.retryAfter ?? (status === 429 ? '1' : undefined);
+    const extra: OutgoingHttpHeaders | undefined = retryAfter === undefined ? undefined : { 'retry-after': retryAfter };
     return sendJson(res, status, requestId, {
       type: 'error',
       error: { type: type ?? defType, message: message ?? defMessage },
@@ -402,7 +424,11 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
 
     // ---- streaming ----
     let gone = false;
-    res.once('close', () => { gone = true; });
+    let cutByUs = false;
+    res.once('close', () => {
+      gone = true;
+      if (!res.writableFinished && !closed && !cutByUs) closedStreams.push({ requestId, at: Date.now() });
+    });
     const headers = commonHeaders(requestId);
     headers['content-type'] = 'text/event-stream; charset=utf-8';
     headers['cache-control'] = 'no-cache';
@@ -477,6 +503,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (!(await sent)) return;
     }
     if (cutting) {
+      cutByUs = true;
       destroySocket(res);
       return;
     }
@@ -626,7 +653,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     }
     const raw = tooLarge ? '' : chunks.length === 1 ? (chunks[0] as Buffer).toString('utf8') : Buffer.concat(chunks).toString('utf8');
 
-    if (record) requests.push({ method, path: target, headers: req.headers, body: raw, requestId });
+    if (record) requests.push({ method, path: target, headers: req.headers, body: raw, requestId, receivedAt: Date.now() });
 
     const q = target.indexOf('?');
     const pathname = q < 0 ? target : target.slice(0, q);
@@ -634,7 +661,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     const isMessages = method === 'POST' && pathname === '/v1/messages';
 
     // Faults: queued (POST /v1/messages only), overridden field by field by headers.
-    const fault: Fault = isMessages && faults.length > 0 ? { ...faults.shift() } : {};
+    const fault: Fault = !isMessages ? {} : faults.length > 0 ? { ...standingFault, ...faults.shift() } : { ...standingFault };
     const hStatus = headerInt(req, 'x-fake-status');
     if (hStatus !== undefined) fault.status = hStatus;
     const hLatency = headerInt(req, 'x-fake-latency-ms');
@@ -645,6 +672,8 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     if (hErr !== undefined) fault.streamErrorAfter = hErr;
     const hDelay = headerInt(req, 'x-fake-event-delay-ms');
     if (hDelay !== undefined) fault.eventDelayMs = hDelay;
+    const hRetryAfter = headerString(req, 'x-fake-retry-after');
+    if (hRetryAfter !== undefined) fault.retryAfter = hRetryAfter;
     const hDrop = headerString(req, 'x-fake-drop-connection');
     if (hDrop !== undefined && hDrop !== '0' && hDrop.toLowerCase() !== 'false') fault.dropConnection = true;
 
@@ -678,7 +707,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     }
 
     if (fault.status !== undefined && fault.status >= 400 && fault.status <= 599) {
-      await sendError(res, fault.status, requestId, undefined, cut);
+      await sendError(res, fault.status, requestId, undefined, cut, undefined, fault);
       return;
     }
 
@@ -773,10 +802,15 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     queueFault(fault: Fault): void {
       faults.push({ ...fault });
     },
+    setFault(fault: Fault | undefined): void {
+      standingFault = { ...fault };
+    },
+    closedStreams,
     reset(): void {
       requests.length = 0;
       reported.clear();
       faults.length = 0;
+      closedStreams.length = 0;
       cacheSeen.clear();
     },
     close(): Promise<void> {

@@ -9,11 +9,11 @@
  * will not run it again); a change to the schema is a new migration at the end of the list.
  *
  * Layout mirrors the SQLite store (schema.ts): keys, usage with its (key_id, ts) and (ts)
- * indexes, hourly and daily rollups per (period, key, model), meta. Differences, for PostgreSQL:
- * every time and count is BIGINT (ms since the epoch, tokens); models is TEXT[]; the keys
- * generation is its own one-row table; and each usage row carries `record_id`, a digest of the
- * record's fields (postgres-usage.ts) under a primary key, so that a batch written again after
- * an unknown COMMIT outcome adds nothing twice.
+ * indexes, hourly and daily rollups per (period, key, model, upstream), meta. Differences, for
+ * PostgreSQL: every time and count is BIGINT (ms since the epoch, tokens); models is TEXT[]; the
+ * keys generation is its own one-row table; and each usage row carries `record_id`, a digest of
+ * the record's fields (postgres-usage.ts) under a primary key, so that a batch written again
+ * after an unknown COMMIT outcome adds nothing twice.
  */
 import type pg from 'pg';
 
@@ -23,7 +23,10 @@ import type pg from 'pg';
  */
 export const MIGRATION_LOCK = 0x636c61756463n;
 
-/** A rollup table of usage per (period, key, model). Part of migration 1's text: never edit. */
+/**
+ * A rollup table of usage per (period, key, model); migration 4 adds upstream to its key. Part
+ * of migration 1's text: never edit.
+ */
 function rollupTable(table: string, period: string): string {
   return `
 CREATE TABLE ${table} (
@@ -119,6 +122,22 @@ ALTER TABLE keys ADD COLUMN cache_group TEXT;
 ALTER TABLE usage ADD COLUMN saved_tokens BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_hourly ADD COLUMN saved_tokens BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage_daily ADD COLUMN saved_tokens BIGINT NOT NULL DEFAULT 0;
+`,
+  },
+  {
+    // The upstream that served each request (UsageRecord.upstream; '' for none), and a dimension
+    // of the rollups, so that a report by upstream reads them like any other. Every existing row
+    // served no named upstream: '' (a constant default, so no table rewrite). The rollups' primary
+    // keys gain upstream: their rows stay as they are (one per period, key and model, each now
+    // upstream ''), and only their primary key index is rebuilt; usage is not rewritten or
+    // reindexed.
+    name: 'usage.upstream, a dimension of usage_hourly and usage_daily',
+    sql: `
+ALTER TABLE usage ADD COLUMN upstream TEXT NOT NULL DEFAULT '';
+ALTER TABLE usage_hourly ADD COLUMN upstream TEXT NOT NULL DEFAULT '',
+  DROP CONSTRAINT usage_hourly_pkey, ADD PRIMARY KEY (hour, key_id, model, upstream);
+ALTER TABLE usage_daily ADD COLUMN upstream TEXT NOT NULL DEFAULT '',
+  DROP CONSTRAINT usage_daily_pkey, ADD PRIMARY KEY (day, key_id, model, upstream);
 `,
   },
 ];

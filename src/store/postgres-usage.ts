@@ -16,7 +16,7 @@
  * rows exactly.
  */
 import { createHash } from 'node:crypto';
-import { DAY_MS, groupValues, HOUR_MS, RAW_SUMS, reportSelects, REPORT_SUMS, SUMMED } from './sql-common.ts';
+import { DAY_MS, groupValues, HOUR_MS, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUP_DIMENSIONS, ROLLUP_GROUP_BY, SUMMED } from './sql-common.ts';
 import type { UsageGrouping, UsageQuery, UsageRecord } from './types.ts';
 
 /** A statement and its parameters ($1, $2, ... in order). */
@@ -47,15 +47,16 @@ const USAGE_COLUMNS = [
   ['model', 'text'], ['status', 'int'], ['input_tokens', 'bigint'], ['output_tokens', 'bigint'],
   ['cache_creation_tokens', 'bigint'], ['cache_read_tokens', 'bigint'], ['billed_tokens', 'bigint'],
   ['latency_ms', 'bigint'], ['cached', 'boolean'], ['streamed', 'boolean'], ['outcome', 'text'], ['requests', 'int'],
-  ['saved_tokens', 'bigint'],
+  ['saved_tokens', 'bigint'], ['upstream', 'text'],
 ] as const;
 
 /** Adds the rows of `inserted` to a rollup, in key order (see the file's comment on deadlocks). */
 function rollUp(table: string, period: string, periodMs: number): string {
-  return `INSERT INTO ${table} (${period}, key_id, model, ${SUMMED.join(', ')})
-    SELECT ${floorDiv('ts', periodMs)}, key_id, model, ${RAW_SUMS}
-    FROM inserted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (${period}, key_id, model) DO UPDATE SET ${SUMMED.map((c) => `${c} = ${table}.${c} + excluded.${c}`).join(', ')}`;
+  const dimensions = ROLLUP_DIMENSIONS.join(', ');
+  return `INSERT INTO ${table} (${period}, ${dimensions}, ${SUMMED.join(', ')})
+    SELECT ${floorDiv('ts', periodMs)}, ${dimensions}, ${RAW_SUMS}
+    FROM inserted GROUP BY ${ROLLUP_GROUP_BY} ORDER BY ${ROLLUP_GROUP_BY}
+    ON CONFLICT (${period}, ${dimensions}) DO UPDATE SET ${SUMMED.map((c) => `${c} = ${table}.${c} + excluded.${c}`).join(', ')}`;
 }
 
 /** Answers one row, `inserted`: how many of the batch's records were new. */
@@ -67,7 +68,7 @@ WITH batch AS (
   INSERT INTO usage (${USAGE_COLUMNS.map(([name]) => name).join(', ')})
   SELECT * FROM batch
   ON CONFLICT (record_id) DO NOTHING
-  RETURNING ts, key_id, model, status, outcome, cached, requests, input_tokens, output_tokens,
+  RETURNING ts, key_id, model, upstream, status, outcome, cached, requests, input_tokens, output_tokens,
             cache_creation_tokens, cache_read_tokens, billed_tokens, saved_tokens, latency_ms
 ), daily AS (
   ${rollUp('usage_daily', 'day', DAY_MS)}
@@ -96,6 +97,7 @@ function storedFields(r: UsageRecord): unknown[] {
     int(r.ts), text(r.keyId), text(r.requestId), text(r.endpoint), text(r.model), int(r.status),
     int(r.inputTokens), int(r.outputTokens), int(r.cacheCreationTokens), int(r.cacheReadTokens), int(r.billedTokens),
     int(r.latencyMs), r.cached, r.streamed, text(r.outcome), int(r.requests ?? 1), int(r.savedTokens ?? 0),
+    text(r.upstream ?? ''),
   ];
 }
 
@@ -142,9 +144,10 @@ const GROUP_LABEL: Record<UsageGrouping, string> = {
   model: 'g',
   key: 'g',
   day: `to_char(to_timestamp(g * 86400) AT TIME ZONE 'UTC', 'YYYY-MM-DD')`,
+  upstream: 'g',
 };
 /** Reports order by group, then model, bytewise (as SQLite's BINARY collation does), whatever the database's collation. */
-const GROUP_ORDER: Record<UsageGrouping, string> = { model: 'g COLLATE "C"', key: 'g COLLATE "C"', day: 'g' };
+const GROUP_ORDER: Record<UsageGrouping, string> = { model: 'g COLLATE "C"', key: 'g COLLATE "C"', day: 'g', upstream: 'g COLLATE "C"' };
 
 /** The report, or undefined for an empty range. */
 export function usageReportSql(query: UsageQuery): Sql | undefined {

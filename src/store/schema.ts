@@ -13,7 +13,8 @@ import { DAY_MS, HOUR_MS } from './sql-common.ts';
 
 /**
  * A rollup table of usage per (period, key, model), filled from the rows already in usage. Its
- * text is part of migration 3: a different layout is a new migration, not an edit here.
+ * text is part of migration 3: a different layout is a new migration, not an edit here (as
+ * migration 6 is: `rollupWithUpstream`).
  */
 function rollupTable(table: string, period: string, periodMs: number): string {
   return `
@@ -42,6 +43,42 @@ SELECT ts / ${periodMs} - (ts % ${periodMs} < 0), key_id, model,
   SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_tokens), SUM(cache_read_tokens),
   SUM(billed_tokens), SUM(latency_ms)
 FROM usage GROUP BY 1, 2, 3;
+`;
+}
+
+/**
+ * Migration 6's rebuild of a rollup with `upstream` in its primary key, which a WITHOUT ROWID
+ * table cannot change in place: a new table, filled from the old one's rows (every one of them
+ * upstream '': no request before this migration recorded one), the old one dropped (its index
+ * with it), the new one renamed and indexed as before. Part of migration 6's text: never edit.
+ */
+function rollupWithUpstream(table: string, period: string): string {
+  return `
+CREATE TABLE ${table}_new (
+  ${period} INTEGER NOT NULL,
+  key_id TEXT NOT NULL,
+  model TEXT NOT NULL,
+  upstream TEXT NOT NULL DEFAULT '',
+  requests INTEGER NOT NULL,
+  errors INTEGER NOT NULL,
+  cached_requests INTEGER NOT NULL,
+  input_tokens INTEGER NOT NULL,
+  output_tokens INTEGER NOT NULL,
+  cache_creation_tokens INTEGER NOT NULL,
+  cache_read_tokens INTEGER NOT NULL,
+  billed_tokens INTEGER NOT NULL,
+  latency_ms INTEGER NOT NULL,
+  saved_tokens INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (${period}, key_id, model, upstream)
+) WITHOUT ROWID;
+INSERT INTO ${table}_new (${period}, key_id, model, upstream, requests, errors, cached_requests, input_tokens, output_tokens,
+                          cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, saved_tokens)
+SELECT ${period}, key_id, model, '', requests, errors, cached_requests, input_tokens, output_tokens,
+       cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, saved_tokens
+FROM ${table};
+DROP TABLE ${table};
+ALTER TABLE ${table}_new RENAME TO ${table};
+CREATE INDEX ${table}_key ON ${table} (key_id, ${period});
 `;
 }
 
@@ -128,6 +165,16 @@ ALTER TABLE usage ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage_hourly ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage_daily ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0;
 `,
+  },
+  {
+    // The upstream that served each request (UsageRecord.upstream; '' for none), and a dimension
+    // of the rollups, so that a report by upstream reads them like any other. Existing rows served
+    // no named upstream: '' on usage (a constant default: no rewrite of the big table) and on the
+    // rollups, which are rebuilt with upstream in their key by copying their own rows, one per
+    // period, key and model (far fewer than usage rows), not re-aggregated from usage.
+    name: 'usage.upstream, a dimension of usage_hourly and usage_daily',
+    sql: `ALTER TABLE usage ADD COLUMN upstream TEXT NOT NULL DEFAULT '';
+${rollupWithUpstream('usage_hourly', 'hour')}${rollupWithUpstream('usage_daily', 'day')}`,
   },
 ];
 

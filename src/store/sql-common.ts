@@ -132,6 +132,14 @@ function reportParts(since: number | undefined, until: number | undefined, level
   ];
 }
 
+/**
+ * The columns a rollup is keyed by besides its period (schema.ts, postgres-schema.ts): its
+ * primary key is (period, ...these), and both stores' rollup upserts group and conflict on them.
+ */
+export const ROLLUP_DIMENSIONS = ['key_id', 'model', 'upstream'] as const;
+/** The rollup columns a rollup upsert groups by, as positions: the period, then ROLLUP_DIMENSIONS. */
+export const ROLLUP_GROUP_BY = Array.from({ length: ROLLUP_DIMENSIONS.length + 1 }, (_, i) => i + 1).join(', ');
+
 /** The rollups' summed columns (schema.ts, postgres-schema.ts), and the UsageRow field each becomes in a report. */
 export const SUMMED_COLUMNS = {
   requests: 'requests',
@@ -175,14 +183,17 @@ export const REPORT_SUMS = Object.entries(SUMMED_COLUMNS).map(([c, field]) => `S
 /** floor(column / divisor) in a dialect's SQL (both truncate integer division towards zero). */
 export type FloorDiv = (column: string, divisor: number) => string;
 
-/** Per part table, the SQL of a report's grouping value `g`: the model, the key id, or the UTC day number. */
+/**
+ * Per part table, the SQL of a report's grouping value `g`: the model, the key id, the UTC day
+ * number, or the upstream name ('' for requests no upstream served).
+ */
 export type GroupValues = Record<ReportPart['table'], Record<UsageGrouping, string>>;
 
 export function groupValues(floorDiv: FloorDiv): GroupValues {
   return {
-    usage: { model: 'model', key: 'key_id', day: floorDiv('ts', DAY_MS) },
-    usage_hourly: { model: 'model', key: 'key_id', day: floorDiv('hour', 24) },
-    usage_daily: { model: 'model', key: 'key_id', day: 'day' },
+    usage: { model: 'model', key: 'key_id', day: floorDiv('ts', DAY_MS), upstream: 'upstream' },
+    usage_hourly: { model: 'model', key: 'key_id', day: floorDiv('hour', 24), upstream: 'upstream' },
+    usage_daily: { model: 'model', key: 'key_id', day: 'day', upstream: 'upstream' },
   };
 }
 

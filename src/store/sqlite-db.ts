@@ -15,8 +15,8 @@ import { join } from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import { migrate } from './schema.ts';
 import {
-  groupValues, KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUPS, rowToKey,
-  SUMMED,
+  groupValues, KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUP_DIMENSIONS,
+  ROLLUP_GROUP_BY, ROLLUPS, rowToKey, SUMMED,
   type KeyRow as SqlKeyRow,
 } from './sql-common.ts';
 import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageGrouping, UsageQuery, UsageRecord, UsageRow } from './types.ts';
@@ -113,18 +113,20 @@ const GROUP_LABEL: Record<UsageGrouping, string> = {
   model: 'g',
   key: 'g',
   day: "strftime('%Y-%m-%d', g * 86400, 'unixepoch')",
+  upstream: 'g',
 };
 
 /**
  * Adds the batch just inserted (usage ids first..last: the write lock is held, so they are all
- * ours) to a rollup, aggregated per (period, key, model). Aggregating the stored rows with the
- * same sums a raw report uses keeps the rollups exact by construction.
+ * ours) to a rollup, aggregated per (period, key, model, upstream). Aggregating the stored rows
+ * with the same sums a raw report uses keeps the rollups exact by construction.
  */
 function rollUpSql(table: string, period: string, periodMs: number): string {
-  return `INSERT INTO ${table} (${period}, key_id, model, ${SUMMED.join(', ')})
-    SELECT ${floorDiv('ts', periodMs)}, key_id, model, ${RAW_SUMS}
-    FROM usage WHERE id BETWEEN ? AND ? GROUP BY 1, 2, 3
-    ON CONFLICT (${period}, key_id, model) DO UPDATE SET ${SUMMED.map((c) => `${c} = ${c} + excluded.${c}`).join(', ')}`;
+  const dimensions = ROLLUP_DIMENSIONS.join(', ');
+  return `INSERT INTO ${table} (${period}, ${dimensions}, ${SUMMED.join(', ')})
+    SELECT ${floorDiv('ts', periodMs)}, ${dimensions}, ${RAW_SUMS}
+    FROM usage WHERE id BETWEEN ? AND ? GROUP BY ${ROLLUP_GROUP_BY}
+    ON CONFLICT (${period}, ${dimensions}) DO UPDATE SET ${SUMMED.map((c) => `${c} = ${c} + excluded.${c}`).join(', ')}`;
 }
 
 export class SqliteDatabase implements SyncStore {
@@ -168,8 +170,8 @@ export class SqliteDatabase implements SyncStore {
       ),
       generation: this.db.prepare("SELECT value FROM meta WHERE name = 'keys_generation'"),
       insertUsage: this.db.prepare(
-        `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests, saved_tokens)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests, saved_tokens, upstream)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       rollUps: ROLLUPS.map((r) => this.db.prepare(rollUpSql(r.table, r.period, r.periodMs))),
       getMeta: this.db.prepare('SELECT value FROM meta WHERE name = ?'),
@@ -240,7 +242,7 @@ export class SqliteDatabase implements SyncStore {
         last = this.statements.insertUsage.run(
           r.ts, r.keyId, r.requestId, r.endpoint, r.model, r.status, r.inputTokens, r.outputTokens,
           r.cacheCreationTokens, r.cacheReadTokens, r.billedTokens, r.latencyMs, r.cached ? 1 : 0,
-          r.streamed ? 1 : 0, r.outcome, r.requests ?? 1, r.savedTokens ?? 0,
+          r.streamed ? 1 : 0, r.outcome, r.requests ?? 1, r.savedTokens ?? 0, r.upstream ?? '',
         ).lastInsertRowid;
         first ??= last;
       }

@@ -67,11 +67,19 @@ export interface UsageRecord {
   savedTokens?: number;
   /**
    * How many requests this record stands for; default 1. Refusals are coalesced into one record
-   * per (key, endpoint, model, status, minute) so that a client hammering a limit cannot grow
-   * the store without bound; such a record's tokens and latencyMs are the sums over its requests,
-   * and every report counts it as this many requests (errors, cached requests likewise).
+   * per (key, endpoint, model, status, upstream, minute) so that a client hammering a limit
+   * cannot grow the store without bound; such a record's tokens and latencyMs are the sums over
+   * its requests, and every report counts it as this many requests (errors, cached requests
+   * likewise).
    */
   requests?: number;
+  /**
+   * The name of the upstream that served the request (its operator-given `name`, by default its
+   * URL's host, e.g. `api.anthropic.com`). Absent or '' for a request no upstream served: a
+   * refusal, a cache hit, and every record written before the field existed. Stored as ''; a
+   * dimension of the rollups, so that reports can group by it (`by: 'upstream'`).
+   */
+  upstream?: string;
 }
 
 /** Billed tokens of one key in one minute, for rebuilding rolling budgets at start-up. */
@@ -81,7 +89,9 @@ export interface BudgetBucket {
   tokens: number;
 }
 
-export type UsageGrouping = 'model' | 'key' | 'day';
+/** What a usage report can group by: model, key, UTC day, or the upstream that served the requests. */
+export const USAGE_GROUPINGS = ['model', 'key', 'day', 'upstream'] as const;
+export type UsageGrouping = (typeof USAGE_GROUPINGS)[number];
 
 export interface UsageQuery {
   keyId?: string;
@@ -94,7 +104,8 @@ export interface UsageQuery {
 
 /**
  * One group of a usage report, split by model so callers can price it. `day` groups are UTC
- * days (YYYY-MM-DD); rows come ordered by group, then model (bytewise).
+ * days (YYYY-MM-DD); `upstream` groups are upstream names, '' for requests no upstream served;
+ * rows come ordered by group, then model (bytewise).
  */
 export interface UsageRow {
   group: string;

@@ -1,14 +1,12 @@
 /**
- * The upstream client: undici connection pools with keep-alive, one per upstream origin.
- * Requests carry the client's headers minus its credentials and hop-by-hop headers, plus the
- * gateway's own upstream credential. Responses come back as a Node stream so bytes can be passed
- * on as they arrive.
+ * What crosses the gateway between client and upstream: requests carry the client's headers
+ * minus its credentials and hop-by-hop headers, plus the gateway's own upstream credential;
+ * responses carry the upstream's minus hop-by-hop headers and the upstream account's details.
  */
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
-import type { UpstreamConfig } from './config.ts';
-import { RequestHeadersTooLargeError, UpstreamError } from './errors.ts';
-import { MAX_HEADER_BLOCK_BYTES } from './http-server.ts';
+import type { Dispatcher } from 'undici';
+import { RequestHeadersTooLargeError } from '../errors.ts';
+import { MAX_HEADER_BLOCK_BYTES } from '../http-server.ts';
 
 /** Never forwarded upstream: hop-by-hop headers, the client's credentials, gateway controls. */
 const DROP_REQUEST_HEADERS = new Set([
@@ -101,68 +99,4 @@ export function clientResponseHeaders(upstream: Dispatcher.ResponseData['headers
     headers[name] = Array.isArray(value) ? value.join(', ') : value;
   }
   return headers;
-}
-
-export interface UpstreamRequest {
-  method: 'GET' | 'POST';
-  path: string;
-  /** The client's headers as Node parsed them (names lower-cased). */
-  headers: IncomingHttpHeaders;
-  body?: Uint8Array | string;
-  signal: AbortSignal;
-}
-
-export class UpstreamClient {
-  private readonly pools: Pool[];
-  private readonly upstreams: UpstreamConfig[];
-  /** Path prefix of each upstream URL ("" for a bare origin). */
-  private readonly basePaths: string[];
-
-  constructor(upstreams: UpstreamConfig[], timeoutMs: number) {
-    this.upstreams = upstreams;
-    this.basePaths = upstreams.map((u) => new URL(u.url).pathname.replace(/\/+$/, ''));
-    this.pools = upstreams.map(
-      (u) =>
-        new Pool(u.url, {
-          connections: 128,
-          pipelining: 1,
-          keepAliveTimeout: 30_000,
-          headersTimeout: timeoutMs,
-          bodyTimeout: timeoutMs,
-        }),
-    );
-  }
-
-  /** Sends a request to the first upstream. Throws UpstreamError if it cannot be reached. */
-  async send(request: UpstreamRequest): Promise<Dispatcher.ResponseData> {
-    const upstream = this.upstreams[0]!;
-    try {
-      return await this.pools[0]!.request({
-        method: request.method,
-        path: this.basePaths[0] + request.path,
-        headers: upstreamRequestHeaders(request.headers, upstream.key),
-        body: request.body,
-        signal: request.signal,
-      });
-    } catch (err) {
-      if (request.signal.aborted) throw err;
-      throw new UpstreamError(describeUpstreamFailure(err));
-    }
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.pools.map((p) => p.close()));
-  }
-}
-
-/** A message for the client that says what went wrong without naming hosts or credentials. */
-function describeUpstreamFailure(err: unknown): string {
-  if (err instanceof undiciErrors.HeadersTimeoutError) return 'Upstream did not answer in time.';
-  if (err instanceof undiciErrors.ConnectTimeoutError) return 'Upstream connection timed out.';
-  if (err instanceof undiciErrors.SocketError) return 'Upstream closed the connection.';
-  const code = (err as { code?: string }).code;
-  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'ECONNRESET') {
-    return `Upstream unreachable (${code}).`;
-  }
-  return 'Upstream request failed.';
 }
