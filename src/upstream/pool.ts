@@ -198,9 +198,10 @@ export class UpstreamPool {
         tried.add(member);
         attempts++;
         const attempt = await this.attempt(member, request, attempts);
+        // An earlier failure's stream (an `error` first event) is not going to be relayed now.
+        if (last?.reply?.stream) last.reply.stream.close();
         if (attempt.reply) return attempt.reply;
         const failure = attempt.failure;
-        last?.reply?.stream?.close();
         last = failure;
         if (failure.skip) skipped.add(member);
         if (failure.retryAfterMs !== undefined) waitUntil.set(member, this.clock() + failure.retryAfterMs);
