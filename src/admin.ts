@@ -51,6 +51,27 @@ const CacheTtl = z
 /** A key's cache group (`cache_group`): a name shared by the keys that share entries, or null for the key alone. */
 const CacheGroup = z.string().regex(CACHE_GROUP_PATTERN, 'expected a name of 1 to 64 letters, digits, "_" or "-" (or null for none)').nullable();
 
+/**
+ * The attached MCP servers a key may use (`mcp_servers`): names from config `mcpServers`, [] for
+ * none. Membership is checked by validateKeyInput, which knows the configured names.
+ */
+const McpServerNames = z.array(z.string(), { error: 'expected a list of MCP server names ([] for none)' });
+
+/**
+ * `names` with duplicates dropped (first place kept), each one a server configured in
+ * `mcpServers`; otherwise a 400 naming the unknown ones and listing the configured ones.
+ */
+function knownMcpServers(names: string[], configured: readonly string[]): string[] {
+  const unique = [...new Set(names)];
+  const unknown = unique.filter((name) => !configured.includes(name));
+  if (unknown.length > 0) {
+    const listed = unknown.map((name) => JSON.stringify(name)).join(', ');
+    const known = configured.length > 0 ? `configured: ${configured.join(', ')}` : 'no MCP server is configured (config mcpServers)';
+    throw new InvalidRequestError(`mcp_servers: unknown MCP server${unknown.length > 1 ? 's' : ''} ${listed}; ${known}`);
+  }
+  return unique;
+}
+
 /** Fields of a key an operator sets, as the admin API and the CLI accept them. */
 export const KeyInput = z.strictObject({
   name: z.string().trim().min(1).max(200),
@@ -63,6 +84,7 @@ export const KeyInput = z.strictObject({
   disabled: z.boolean(),
   cache_ttl: CacheTtl,
   cache_group: CacheGroup,
+  mcp_servers: McpServerNames,
 });
 export type KeyInput = z.input<typeof KeyInput>;
 
@@ -84,7 +106,11 @@ export async function readJsonBody(request: Request): Promise<unknown> {
   }
 }
 
-export function validateKeyInput(input: unknown, catalog: ModelCatalog, partial: boolean): KeyPatch {
+/**
+ * A key's fields from an admin request or the CLI, checked: models against the catalog,
+ * `mcp_servers` against `mcpServers`, the names of the configured attached MCP servers.
+ */
+export function validateKeyInput(input: unknown, catalog: ModelCatalog, partial: boolean, mcpServers: readonly string[]): KeyPatch {
   const v = validateInput(partial ? KeyInput.partial() : KeyInput.partial().required({ name: true }), input);
   for (const model of v.models ?? []) {
     if (!catalog.get(model)) throw new InvalidRequestError(`models: unknown model "${model}"`);
@@ -100,6 +126,7 @@ export function validateKeyInput(input: unknown, catalog: ModelCatalog, partial:
     disabled: v.disabled,
     cacheTtlSeconds: v.cache_ttl,
     cacheGroup: v.cache_group,
+    mcpServers: v.mcp_servers === undefined ? undefined : knownMcpServers(v.mcp_servers, mcpServers),
   };
 }
 
@@ -157,6 +184,7 @@ export interface AdminDeps {
 
 export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
   const { store, keys, catalog, logger } = deps;
+  const mcpServerNames = Object.keys(deps.config.mcpServers);
   const admin = new Hono<GatewayEnv>();
   const throttle = new AdminThrottle(deps.config.adminThrottle);
 
@@ -203,7 +231,7 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
   admin.get('/keys', async (c) => c.json({ data: (await store.listKeys()).map(describeKey) }));
 
   admin.post('/keys', async (c) => {
-    const patch = validateKeyInput(await readJson(c.req.raw), catalog, false);
+    const patch = validateKeyInput(await readJson(c.req.raw), catalog, false, mcpServerNames);
     const { record, key } = await createKey(store, deps.config.keyDefaults, { ...patch, name: patch.name! });
     await keys.changed();
     return c.json({ ...describeKey(record), key }, 201);
@@ -211,7 +239,7 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
 
   admin.get('/keys/:id', async (c) => c.json(describeKey(await keyOr404(c.req.param('id')))));
 
-  admin.patch('/keys/:id', async (c) => c.json(await update(c.req.param('id'), validateKeyInput(await readJson(c.req.raw), catalog, true))));
+  admin.patch('/keys/:id', async (c) => c.json(await update(c.req.param('id'), validateKeyInput(await readJson(c.req.raw), catalog, true, mcpServerNames))));
 
   admin.post('/keys/:id/disable', async (c) => c.json(await update(c.req.param('id'), { disabled: true })));
   admin.post('/keys/:id/enable', async (c) => c.json(await update(c.req.param('id'), { disabled: false })));

@@ -26,12 +26,13 @@ Usage:
   claudcode start
   claudcode keys create --name NAME [--models a,b] [--rpm N] [--concurrent N] [--budget TOKENS]
                         [--window 5h] [--expires ISO-8601] [--cache-ttl 1h|0|default]
-                        [--cache-group NAME|none] [--json]
+                        [--cache-group NAME|none] [--mcp-servers a,b] [--json]
   claudcode keys list [--json]
   claudcode keys show|disable|enable|delete ID [--json]
   claudcode keys update ID [--name NAME] [--models a,b|all] [--rpm N] [--concurrent N]
                         [--budget TOKENS] [--window 5h] [--expires ISO-8601|never]
-                        [--cache-ttl 1h|0|default] [--cache-group NAME|none] [--json]
+                        [--cache-ttl 1h|0|default] [--cache-group NAME|none]
+                        [--mcp-servers a,b|none] [--json]
   claudcode usage [--key ID] [--since 24h|ISO] [--until ISO] [--by model|key|day|upstream] [--json]
   claudcode cache stats|purge [--key ID] [--json]
   claudcode maintenance on|off|status [--json]
@@ -42,7 +43,10 @@ Maintenance mode makes every gateway on the store answer the API with 503 within
 
 --cache-ttl is how long the response cache keeps the key's answers (up to 30d): 0 turns caching
 off for the key, default uses the gateway's TTL. Keys with the same --cache-group share cache
-entries; none keeps them to the key alone.`;
+entries; none keeps them to the key alone.
+
+--mcp-servers names the attached MCP servers (config mcpServers) whose tools the key gets; none
+(or an empty value) removes them all. Keys have none unless given.`;
 
 type KeyView = ReturnType<typeof describeKey>;
 
@@ -70,13 +74,15 @@ async function localBackend(config: Config): Promise<AdminBackend> {
   const backends = await openStoreBackends(config, createLogger('warn', pino.destination(2)));
   const { store, keyChanges } = backends;
   const catalog = new ModelCatalog(config.models);
+  // Checked against this config's attached servers, as the gateway checks against its own.
+  const mcpServerNames = Object.keys(config.mcpServers);
   const found = async <T>(value: T | null, id: string): Promise<T> => {
     if (value === null) throw new CliError(`no key with id ${id}`);
     return value;
   };
   return {
     async createKey(input) {
-      const patch = validateKeyInput(input, catalog, false);
+      const patch = validateKeyInput(input, catalog, false, mcpServerNames);
       const { record, key } = await createKey(store, config.keyDefaults, { ...patch, name: patch.name! });
       await keyChanges.publish();
       return { ...describeKey(record), key };
@@ -84,7 +90,7 @@ async function localBackend(config: Config): Promise<AdminBackend> {
     listKeys: async () => (await store.listKeys()).map(describeKey),
     getKey: async (id) => describeKey(await found(await store.getKey(id), id)),
     async updateKey(id, input) {
-      const updated = await found(await store.updateKey(id, validateKeyInput(input, catalog, true)), id);
+      const updated = await found(await store.updateKey(id, validateKeyInput(input, catalog, true, mcpServerNames)), id);
       await keyChanges.publish();
       return describeKey(updated);
     },
@@ -148,6 +154,7 @@ const KEY_OPTIONS = {
   expires: { type: 'string' },
   'cache-ttl': { type: 'string' },
   'cache-group': { type: 'string' },
+  'mcp-servers': { type: 'string' },
 } as const;
 
 const COMMON_OPTIONS = {
@@ -187,6 +194,10 @@ function keyInput(values: Partial<Record<keyof typeof KEY_OPTIONS, string>>): Re
   if (cacheTtl !== undefined) input.cache_ttl = cacheTtl === 'default' ? null : cacheTtl === '0' ? 0 : cacheTtl;
   const cacheGroup = values['cache-group'];
   if (cacheGroup !== undefined) input.cache_group = cacheGroup === 'none' ? null : cacheGroup;
+  const mcpServers = values['mcp-servers'];
+  if (mcpServers !== undefined) {
+    input.mcp_servers = mcpServers.trim() === 'none' ? [] : mcpServers.split(',').map((name) => name.trim()).filter(Boolean);
+  }
   return input;
 }
 
@@ -207,10 +218,11 @@ function cacheTtlCell(value: number | null | undefined): string {
 function printKeyTable(keys: KeyView[]): void {
   const rows = keys.map((k) => [
     k.id, k.name, k.key_preview, k.status, String(k.budget_tokens), `${k.window_seconds / 3600}h`, String(k.rpm),
-    String(k.concurrent), k.models ? k.models.join(',') : 'all', k.expires_at ?? '-',
+    // A gateway older than mcp_servers leaves it out.
+    String(k.concurrent), k.models ? k.models.join(',') : 'all', k.mcp_servers?.length ? k.mcp_servers.join(',') : '-', k.expires_at ?? '-',
     cacheTtlCell(k.cache_ttl_seconds), k.cache_group ?? '-',
   ]);
-  const header = ['ID', 'NAME', 'KEY', 'STATUS', 'BUDGET', 'WINDOW', 'RPM', 'CONC', 'MODELS', 'EXPIRES', 'CACHE_TTL', 'CACHE_GROUP'];
+  const header = ['ID', 'NAME', 'KEY', 'STATUS', 'BUDGET', 'WINDOW', 'RPM', 'CONC', 'MODELS', 'MCP_SERVERS', 'EXPIRES', 'CACHE_TTL', 'CACHE_GROUP'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   for (const row of [header, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
 }

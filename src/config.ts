@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { MCP_SERVER_NAME, McpServerConfig } from './mcp/types.ts';
 
 const TokenPrices = z.object({
   /** US dollars per million tokens. */
@@ -275,6 +276,36 @@ export const ConfigSchema = z.object({
     })
     .prefault({}),
   models: z.array(ModelEntry).min(1).default(DEFAULT_MODELS as z.infer<typeof ModelEntry>[]),
+  /**
+   * Attached MCP servers by name, in the shape of Claude Code's `.mcp.json` `mcpServers`. Keys
+   * listing a server in their `mcp_servers` get its tools (src/mcp/).
+   */
+  mcpServers: z.record(z.string().regex(MCP_SERVER_NAME, 'letters, digits, "_" and "-", at most 32'), McpServerConfig).default({}),
+  /** The MCP side of the gateway: its /mcp endpoint and the server-side tool loop. */
+  mcp: z
+    .object({
+      /** Model turns one /v1/messages request may take in the tool loop (each billed). */
+      maxTurns: z.coerce.number().int().min(1).max(50).default(8),
+      /** A tool result longer than this (UTF-8 bytes) is cut, with a note saying so. */
+      maxToolOutputBytes: z.coerce.number().int().min(256).default(100_000),
+      /** How long one tool call may take before the model gets an error result. */
+      toolTimeoutMs: z.coerce.number().int().positive().default(60_000),
+      /** How long an attached server's tool list is reused before it is listed again. */
+      toolListTtlMs: z.coerce.number().int().nonnegative().default(300_000),
+      /**
+       * Hosts (names or addresses) that `mcp_servers` URLs in requests may reach although they
+       * are private, loopback or link-local (refused otherwise).
+       */
+      allowedPrivateHosts: z.array(z.string().min(1)).default([]),
+      /** Whether requests may name MCP servers of their own (`mcp_servers`). */
+      allowRequestServers: BoolFromEnv.default(true),
+      /**
+       * Browser origins allowed to call /mcp (the MCP spec asks servers to check Origin against
+       * DNS rebinding). Requests without an Origin header (every non-browser client) pass.
+       */
+      allowedOrigins: z.array(z.string().min(1)).default([]),
+    })
+    .prefault({}),
 }).superRefine((config, ctx) => {
   // Node refuses to start a server with a head deadline past the whole request's.
   if (config.headersTimeoutMs > config.requestTimeoutMs) {

@@ -15,11 +15,12 @@ import { ModelCatalog, modelObject } from './catalog.ts';
 import { MAX_WINDOW_SECONDS, type Config } from './config.ts';
 import { GatewayError, InternalError, MaintenanceError, NotFoundError, toErrorBody } from './errors.ts';
 import { clientErrorHandler, httpServerOptions, newRequestId } from './http-server.ts';
-import { KeyRegistry, keyStatus } from './keys.ts';
-import { formatWait, formatWindow } from './limits/format.ts';
+import { KeyRegistry, keyStatusReport } from './keys.ts';
 import type { RateLimiter } from './limits/types.ts';
 import { createLogger, type Logger } from './logger.ts';
 import { MaintenanceMode, maintenanceAdminRoutes } from './maintenance.ts';
+import { AttachedMcpServers } from './mcp/connections.ts';
+import { mcpRoutes } from './mcp/server.ts';
 import { authenticateRequest, handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
 import type { KeyRecord, Store } from './store/types.ts';
 import { UpstreamPool } from './upstream/pool.ts';
@@ -120,7 +121,14 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   const maintenance = new MaintenanceMode(store, { logger });
   await maintenance.start(config.maintenance);
   const cacheCounters = new CacheCounters();
-  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache, cacheCounters };
+  // Attached MCP servers (config mcpServers): connected on first use, for the keys that list them.
+  const mcp = new AttachedMcpServers(config.mcpServers, {
+    logger,
+    toolTimeoutMs: config.mcp.toolTimeoutMs,
+    maxToolOutputBytes: config.mcp.maxToolOutputBytes,
+    toolListTtlMs: config.mcp.toolListTtlMs,
+  });
+  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache, cacheCounters, mcp };
 
   if (!config.upstreams.some((u) => u.key)) {
     logger.warn('no upstream credential configured (ANTHROPIC_API_KEY or CLAUDCODE_UPSTREAM_KEY): upstream calls go out without one');
@@ -239,24 +247,15 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   api.get('/key-status', async (c) => {
     const now = Date.now();
     const key = authenticateRequest(c, keys, now);
-    const budget = await limits.budget(key, now);
-    return c.json({
-      key: key.preview,
-      status: keyStatus(key, now),
-      budget: {
-        total_tokens: budget.total,
-        used_tokens: budget.used,
-        remaining_tokens: budget.remaining,
-        window: formatWindow(key.windowSeconds),
-        resets_in: formatWait(budget.resetsInMs),
-      },
-      rate_limit: { rpm: key.rpm, concurrent: key.concurrent },
-    });
+    return c.json(await keyStatusReport(key, limits, now));
   });
 
   // SDKs given a base URL that already ends in /v1 call /v1/v1/...: answer there too.
   app.route('/v1', api);
   app.route('/v1/v1', api);
+  // The gateway as an MCP server; its ask_claude tool calls /v1/messages here over loopback.
+  let selfUrl: string | undefined;
+  app.route('/mcp', mcpRoutes({ ...services, store, selfUrl: () => selfUrl }));
   app.route(
     '/admin',
     adminRoutes({
@@ -282,6 +281,9 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
         const serverOptions = httpServerOptions(config);
         const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host, serverOptions }, (info: AddressInfo) => {
           const host = info.family === 'IPv6' ? `[${info.address}]` : info.address;
+          // Listening on every address (0.0.0.0, ::): the gateway reaches itself on loopback.
+          const loopback = info.address === '0.0.0.0' ? '127.0.0.1' : info.address === '::' ? '[::1]' : host;
+          selfUrl = `http://${loopback}:${info.port}`;
           resolve({ url: `http://${host}:${info.port}`, server: s as Server });
         }) as Server;
         s.on('clientError', clientErrorHandler(config, logger));
@@ -310,6 +312,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
         maintenance.stop();
         await usage.close();
         await upstream.close();
+        await mcp.close();
         await backends.close();
       })();
       return closing;

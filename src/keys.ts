@@ -10,6 +10,8 @@ import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto
 import type { Config } from './config.ts';
 import { AuthenticationError } from './errors.ts';
 import { NO_KEY_CHANGE_SIGNAL, type KeyChangeSignal } from './key-changes.ts';
+import { formatWait, formatWindow } from './limits/format.ts';
+import type { RateLimiter } from './limits/types.ts';
 import type { KeyRecord, Store } from './store/types.ts';
 
 export const KEY_PREFIX = 'sk-cc-';
@@ -47,6 +49,8 @@ export interface NewKeyOptions {
   cacheTtlSeconds?: number | null;
   /** null (the default): cache entries of this key alone. */
   cacheGroup?: string | null;
+  /** Attached MCP servers the key may use, by name; [] (the default): none. */
+  mcpServers?: string[];
 }
 
 /** Creates a key in the store and returns its record together with the secret (shown once). */
@@ -71,6 +75,7 @@ export async function createKey(
     disabled: options.disabled ?? false,
     cacheTtlSeconds: options.cacheTtlSeconds ?? null,
     cacheGroup: options.cacheGroup ?? null,
+    mcpServers: options.mcpServers ?? [],
     createdAt: now,
     updatedAt: now,
   };
@@ -95,6 +100,8 @@ export function describeKey(record: KeyRecord) {
     cache_ttl_seconds: record.cacheTtlSeconds,
     /** null: cache entries scoped to this key alone. */
     cache_group: record.cacheGroup,
+    /** Attached MCP servers whose tools the key gets; [] for none. */
+    mcp_servers: record.mcpServers,
     status: keyStatus(record, Date.now()),
     created_at: new Date(record.createdAt).toISOString(),
     updated_at: new Date(record.updatedAt).toISOString(),
@@ -107,6 +114,23 @@ export function keyStatus(record: KeyRecord, now: number): KeyState {
   if (record.disabled) return 'disabled';
   if (record.expiresAt !== null && record.expiresAt <= now) return 'expired';
   return 'active';
+}
+
+/** The calling key's own view of itself: GET /v1/key-status and the MCP tool key_status. */
+export async function keyStatusReport(key: KeyRecord, limits: RateLimiter, now: number) {
+  const budget = await limits.budget(key, now);
+  return {
+    key: key.preview,
+    status: keyStatus(key, now),
+    budget: {
+      total_tokens: budget.total,
+      used_tokens: budget.used,
+      remaining_tokens: budget.remaining,
+      window: formatWindow(key.windowSeconds),
+      resets_in: formatWait(budget.resetsInMs),
+    },
+    rate_limit: { rpm: key.rpm, concurrent: key.concurrent },
+  };
 }
 
 /** Pulls the presented key out of `x-api-key` or `Authorization: Bearer`. */

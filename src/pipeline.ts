@@ -18,15 +18,17 @@ import type { HttpBindings } from '@hono/node-server';
 import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import type { ModelCatalog } from './catalog.ts';
-import type { Config } from './config.ts';
+import type { Config, ModelEntry } from './config.ts';
 import { consultCache, NOT_CACHEABLE, type CacheCounters, type CacheDecision, type ResponseCache } from './cache/stage.ts';
 import { MessageAccumulator } from './cache/accumulate.ts';
 import { replaySse } from './cache/replay.ts';
 import { clip, UpstreamError } from './errors.ts';
 import type { KeyRegistry } from './keys.ts';
+import type { McpConnections } from './mcp/types.ts';
 import type { Admission, RateLimiter } from './limits/types.ts';
 import type { Logger } from './logger.ts';
-import { readScannedRequest, withModel } from './request-body.ts';
+import { readScannedRequest, withModel, type ScannedRequest } from './request-body.ts';
+import { listOfferedTools, runToolLoop } from './mcp/tool-loop.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
 import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders } from './upstream/headers.ts';
 import { streamFailureMessage, type UpstreamPool, type UpstreamReply, type UpstreamStream } from './upstream/pool.ts';
@@ -43,6 +45,8 @@ export interface GatewayServices {
   catalog: ModelCatalog;
   /** The upstreams and the failover policy (src/upstream/pool.ts). */
   upstream: UpstreamPool;
+  /** The attached MCP servers (config mcpServers), for the tool loop and /mcp. */
+  mcp: McpConnections;
   usage: UsageRecorder;
 }
 
@@ -206,6 +210,12 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
     const model = s.catalog.resolve(request.model, key);
     meter.model = model.id;
 
+    // A key with MCP servers attached (or a request naming its own) gets the server-side tool
+    // loop (src/mcp/tool-loop.ts). Its answers use live tools, so the cache is not consulted.
+    if (endpoint.budgeted && wantsToolLoop(key, request, incoming.headers)) {
+      return await serveWithTools(c, s, meter, key, request, model);
+    }
+
     // A hit answers here; a miss may lead identical requests in flight and store the answer.
     const cache = endpoint.budgeted
       ? await consultCache(s.cacheCounters, s.cache, s.config.cache, key, { body: request.body, upstreamModel: model.upstream_id ?? model.id }, incoming.headers, Date.now())
@@ -248,6 +258,56 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
     meter.fail(err, signal);
     throw err;
   }
+}
+
+/** The tool loop applies: servers to offer, and the client has not opted out (`X-MCP-Tools: none`). */
+function wantsToolLoop(key: KeyRecord, request: ScannedRequest, headers: IncomingMessage['headers']): boolean {
+  if (key.mcpServers.length === 0 && !request.hasMcpServers) return false;
+  const optOut = headers['x-mcp-tools'];
+  return !(typeof optOut === 'string' && optOut.trim().toLowerCase() === 'none');
+}
+
+/**
+ * /v1/messages through the tool loop: the key's attached servers' tools (and the request's own
+ * `mcp_servers`) offered beside the client's, the calls run by the gateway, the final answer
+ * returned. Every turn is billed; the meter finishes once, when the loop ends.
+ */
+async function serveWithTools(c: GatewayContext, s: GatewayServices, meter: RequestMeter, key: KeyRecord, request: ScannedRequest, model: ModelEntry): Promise<Response> {
+  const signal = c.req.raw.signal;
+  const body = JSON.parse(request.body.toString('utf8')) as Record<string, unknown>;
+  const upstreamModel = model.upstream_id ?? model.id;
+  body['model'] = upstreamModel;
+  const configured = new Set(s.mcp.names());
+  const tools = await listOfferedTools(s.mcp, key.mcpServers.filter((name) => configured.has(name)), s.logger, signal);
+  const { budget } = s.config;
+  const requestId = c.get('requestId');
+  const headers: PlainHeaders = { 'x-request-id': requestId, 'request-id': requestId, ...meter.rateLimitHeaders };
+  if (s.config.cache.enabled) headers['x-cache'] = 'BYPASS';
+  return runToolLoop(
+    {
+      body,
+      headers: c.env.incoming.headers,
+      signal,
+      models: upstreamModel === model.id ? [model.id] : [model.id, upstreamModel],
+      stream: request.stream,
+      maxTokens: request.maxTokens ?? 0,
+      tools,
+      ...(budget.strict ? { reserveFor: (bytes: number) => strictReservation(request.maxTokens ?? 0, bytes, budget.weights) } : {}),
+    },
+    meter,
+    {
+      upstream: s.upstream,
+      logger: s.logger,
+      maxTurns: s.config.mcp.maxTurns,
+      key,
+      headers,
+      budgetLeft: async () => (await s.limits.budget(key, Date.now())).remaining,
+      relayError: (reply) => {
+        const errorHeaders = responseHeaders(reply, requestId, meter.rateLimitHeaders, {});
+        return relayError(reply.statusCode, reply.bytes ?? new Uint8Array(0), errorHeaders, meter);
+      },
+    },
+  );
 }
 
 /**

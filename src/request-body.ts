@@ -13,7 +13,7 @@ import { clip, InvalidRequestError, RequestTooLargeError } from './errors.ts';
 import { JsonScanner, type ScannedField } from './json-scan.ts';
 
 /** The top-level fields the gateway reads; everything else is upstream's to judge. */
-const CAPTURED = ['model', 'max_tokens', 'messages', 'stream'] as const;
+const CAPTURED = ['model', 'max_tokens', 'messages', 'stream', 'mcp_servers'] as const;
 
 /** Longest model id the gateway keeps or echoes (catalog ids are far shorter). */
 const MAX_MODEL_CHARS = 256;
@@ -27,6 +27,8 @@ export interface ScannedRequest {
   /** Present on /v1/messages (validated there), absent on count_tokens. */
   maxTokens: number | undefined;
   stream: boolean;
+  /** The request names MCP servers of its own (Anthropic's `mcp_servers`, the MCP connector). */
+  hasMcpServers: boolean;
 }
 
 export interface BodyRules {
@@ -141,8 +143,10 @@ function validateFields(fields: ReadonlyMap<string, ScannedField>, rules: BodyRu
   const stream = fields.get('stream');
   if (stream && stream.kind !== 'true' && stream.kind !== 'false') problems.push(`stream: expected a boolean, got ${describeKind(stream)}`);
 
+  const mcpServers = fields.get('mcp_servers');
+  if (mcpServers && mcpServers.kind !== 'array' && mcpServers.kind !== 'null') problems.push(`mcp_servers: expected an array, got ${describeKind(mcpServers)}`);
   if (problems.length > 0) throw new InvalidRequestError(problems.join('; '));
-  return { model: modelId, modelField: model!, maxTokens, stream: stream?.kind === 'true' };
+  return { model: modelId, modelField: model!, maxTokens, stream: stream?.kind === 'true', hasMcpServers: mcpServers?.kind === 'array' };
 }
 
 function describeKind(field: ScannedField): string {

@@ -7,9 +7,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashKey } from '../src/keys.ts';
 import { ADMIN_TOKEN, MESSAGE, startStack, type Stack } from './helpers.ts';
 
+/**
+ * Attached MCP servers a key may list (`mcp_servers`). Only their names matter here: nothing
+ * starts or reaches them.
+ */
+const MCP_SERVERS = { tavily: { command: 'node', args: ['x.js'] }, fetch: { type: 'http' as const, url: 'http://127.0.0.1:1/mcp' } };
+
 let stack: Stack;
 beforeAll(async () => {
-  stack = await startStack();
+  stack = await startStack({ config: { mcpServers: MCP_SERVERS } });
 });
 afterAll(() => stack.close());
 
@@ -130,6 +136,8 @@ describe('admin keys', () => {
     // No cache settings: the gateway's default TTL, entries of this key alone.
     expect(created.cache_ttl_seconds).toBeNull();
     expect(created.cache_group).toBeNull();
+    // No attached MCP servers.
+    expect(created.mcp_servers).toEqual([]);
   });
 
   it('rejects invalid input with 400 invalid_request_error naming the field', async () => {
@@ -230,6 +238,46 @@ describe('admin keys', () => {
     const err = await client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 8, messages: [MESSAGE] }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Anthropic.RateLimitError);
     expect((err as APIError).message).toMatch(/Token budget exceeded\. Resets in /);
+  });
+});
+
+describe('admin key MCP servers', () => {
+  it('takes mcp_servers of configured servers on create and PATCH (duplicates dropped, [] clears) and shows them everywhere', async () => {
+    const created = await createKey({ name: 'mcp', mcp_servers: ['tavily', 'fetch', 'tavily'] });
+    expect(created.mcp_servers).toEqual(['tavily', 'fetch']);
+    expect((await admin('GET', `/keys/${created.id}`)).body.mcp_servers).toEqual(['tavily', 'fetch']);
+    const listed = (await admin('GET', '/keys')).body.data.find((k: { id: string }) => k.id === created.id);
+    expect(listed.mcp_servers).toEqual(['tavily', 'fetch']);
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ mcpServers: ['tavily', 'fetch'] });
+    // The gateway's own copy of the key has them at once.
+    await stack.gateway.services.keys.refresh();
+    expect(stack.gateway.services.keys.authenticate({ 'x-api-key': created.key }, Date.now()).mcpServers).toEqual(['tavily', 'fetch']);
+
+    const changed = await admin('PATCH', `/keys/${created.id}`, { mcp_servers: ['fetch'] });
+    expect(changed.status).toBe(200);
+    expect(changed.body).toMatchObject({ mcp_servers: ['fetch'], name: 'mcp' });
+    expect(stack.gateway.services.keys.authenticate({ 'x-api-key': created.key }, Date.now()).mcpServers).toEqual(['fetch']);
+    // Another field patched: the list stays.
+    expect((await admin('PATCH', `/keys/${created.id}`, { rpm: 3 })).body).toMatchObject({ rpm: 3, mcp_servers: ['fetch'] });
+    const cleared = await admin('PATCH', `/keys/${created.id}`, { mcp_servers: [] });
+    expect(cleared.body.mcp_servers).toEqual([]);
+    expect((await admin('GET', `/keys/${created.id}`)).body.mcp_servers).toEqual([]);
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ mcpServers: [] });
+    expect(stack.gateway.services.keys.authenticate({ 'x-api-key': created.key }, Date.now()).mcpServers).toEqual([]);
+  });
+
+  it('refuses unknown or malformed mcp_servers with 400 naming them and the configured servers, changing nothing', async () => {
+    const { id } = await createKey({ name: 'mcp-bounds', mcp_servers: ['tavily'] });
+    const before = (await admin('GET', '/keys')).body.data.length;
+    const unknown = await admin('POST', '/keys', { name: 'x', mcp_servers: ['tavily', 'github'] });
+    expectError(unknown, 400, 'invalid_request_error', /^mcp_servers: unknown MCP server "github"; configured: tavily, fetch$/);
+    const several = await admin('PATCH', `/keys/${id}`, { mcp_servers: ['nope', 'fetch', 'Tavily', 'nope'] });
+    expectError(several, 400, 'invalid_request_error', /^mcp_servers: unknown MCP servers "nope", "Tavily"; configured: tavily, fetch$/);
+    for (const mcp_servers of ['tavily', null, [1], { tavily: true }]) {
+      expectError(await admin('PATCH', `/keys/${id}`, { mcp_servers }), 400, 'invalid_request_error', /^mcp_servers\b/);
+    }
+    expect((await admin('GET', '/keys')).body.data.length).toBe(before);
+    expect((await admin('GET', `/keys/${id}`)).body.mcp_servers).toEqual(['tavily']);
   });
 });
 

@@ -54,7 +54,7 @@ describe('changing a key window', () => {
 describe('Limits.missingRange and backfill', () => {
   const key = (windowSeconds: number): KeyRecord => ({
     id: 'key_w', name: 'w', hash: 'h', preview: 'p', budgetTokens: 1000, windowSeconds, rpm: 10, concurrent: 1,
-    models: null, expiresAt: null, disabled: false, cacheTtlSeconds: null, cacheGroup: null, createdAt: 0, updatedAt: 0,
+    models: null, expiresAt: null, disabled: false, cacheTtlSeconds: null, cacheGroup: null, mcpServers: [], createdAt: 0, updatedAt: 0,
   });
   const T0 = 1_800_000_000_000 - (1_800_000_000_000 % MINUTE);
 

@@ -3,7 +3,7 @@
  * running gateway's admin API with --url.
  */
 import Anthropic, { APIError } from '@anthropic-ai/sdk';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +13,12 @@ import { runCli, type CliRun } from './gateway-process.ts';
 import { ADMIN_TOKEN, MESSAGE, startStack, type Stack } from './helpers.ts';
 
 type Run = CliRun;
+
+/**
+ * Attached MCP servers a key may list (`--mcp-servers`). Only their names matter here: nothing
+ * starts or reaches them.
+ */
+const MCP_SERVERS = { tavily: { command: 'node', args: ['x.js'] }, fetch: { type: 'http' as const, url: 'http://127.0.0.1:1/mcp' } };
 
 function cli(args: string[], dataDir: string, extraEnv: Record<string, string> = {}): Promise<Run> {
   return runCli(args, { CLAUDCODE_DATA_DIR: dataDir, ...extraEnv });
@@ -68,6 +74,7 @@ describe('CLI on the store directly', () => {
       expires_at: null,
       cache_ttl_seconds: null,
       cache_group: null,
+      mcp_servers: [],
     });
     const stored = await observer.getKey(created.id);
     expect(stored).toMatchObject({ hash: hashKey(created.key), rpm: 7, budgetTokens: 1000, windowSeconds: 7200, models: ['claude-haiku-4-5'] });
@@ -133,6 +140,40 @@ describe('CLI on the store directly', () => {
     // Changing another field keeps them.
     json(await cli(['keys', 'update', made.id, '--cache-group', 'g2', '--json'], dir));
     expect(json(await cli(['keys', 'update', made.id, '--rpm', '4', '--json'], dir))).toMatchObject({ rpm: 4, cache_group: 'g2', cache_ttl_seconds: null });
+  });
+
+  it('keys create|update --mcp-servers a,b|none, checked against the config\'s mcpServers, shown in list/show tables and JSON', async () => {
+    // A config file naming two attached servers; without it the CLI's config has none.
+    const config = join(dir, 'mcp-config.json');
+    writeFileSync(config, JSON.stringify({ mcpServers: MCP_SERVERS }));
+    const withMcp = (args: string[]) => cli(args, dir, { CLAUDCODE_CONFIG: config });
+    const made = json(await withMcp(['keys', 'create', '--name', 'mcp', '--mcp-servers', 'tavily, fetch,tavily', '--json']));
+    expect(made).toMatchObject({ name: 'mcp', mcp_servers: ['tavily', 'fetch'] });
+    expect(await observer.getKey(made.id)).toMatchObject({ mcpServers: ['tavily', 'fetch'] });
+    // MCP_SERVERS comes after MODELS: fourth from the end, before EXPIRES, CACHE_TTL, CACHE_GROUP.
+    const cell = (out: string) => out.split('\n').find((line) => line.startsWith(made.id))!.trim().split(/\s+/).at(-4);
+    expect(ok(await cli(['keys', 'list'], dir))).toMatch(/^ID\s.*\sMODELS\s+MCP_SERVERS\s+EXPIRES\s/m);
+    expect(cell(ok(await cli(['keys', 'show', made.id], dir)))).toBe('tavily,fetch');
+    expect(json(await cli(['keys', 'show', made.id, '--json'], dir))).toMatchObject({ mcp_servers: ['tavily', 'fetch'] });
+    expect(json<{ id: string }[]>(await cli(['keys', 'list', '--json'], dir)).find((k) => k.id === made.id)).toMatchObject({ mcp_servers: ['tavily', 'fetch'] });
+
+    expect(json(await withMcp(['keys', 'update', made.id, '--mcp-servers', 'fetch', '--json']))).toMatchObject({ mcp_servers: ['fetch'] });
+    expect(await observer.getKey(made.id)).toMatchObject({ mcpServers: ['fetch'] });
+    // Another field changed: the list stays (and needs no config naming it).
+    expect(json(await cli(['keys', 'update', made.id, '--rpm', '4', '--json'], dir))).toMatchObject({ rpm: 4, mcp_servers: ['fetch'] });
+    expect(json(await withMcp(['keys', 'update', made.id, '--mcp-servers', 'none', '--json']))).toMatchObject({ mcp_servers: [] });
+    expect(cell(ok(await cli(['keys', 'show', made.id], dir)))).toBe('-');
+    json(await withMcp(['keys', 'update', made.id, '--mcp-servers', 'tavily', '--json']));
+    expect(json(await withMcp(['keys', 'update', made.id, '--mcp-servers', '', '--json']))).toMatchObject({ mcp_servers: [] });
+    expect(await observer.getKey(made.id)).toMatchObject({ mcpServers: [] });
+
+    // Unknown names: one line naming them and the configured servers; nothing changes.
+    const before = (await observer.listKeys()).length;
+    fails(await withMcp(['keys', 'create', '--name', 'bad', '--mcp-servers', 'tavily,github']), /^claudcode: mcp_servers: unknown MCP server "github"; configured: tavily, fetch$/m);
+    fails(await withMcp(['keys', 'update', made.id, '--mcp-servers', 'a,b']), /mcp_servers: unknown MCP servers "a", "b"; configured: tavily, fetch/);
+    fails(await cli(['keys', 'update', made.id, '--mcp-servers', 'tavily'], dir), /mcp_servers: unknown MCP server "tavily"; no MCP server is configured/);
+    expect((await observer.listKeys()).length).toBe(before);
+    expect(await observer.getKey(made.id)).toMatchObject({ mcpServers: [] });
   });
 
   it('keys delete', async () => {
@@ -292,7 +333,7 @@ describe('CLI against a running gateway (--url)', () => {
   let stack: Stack;
   let emptyDir: string;
   beforeAll(async () => {
-    stack = await startStack();
+    stack = await startStack({ config: { mcpServers: MCP_SERVERS } });
     emptyDir = mkdtempSync(join(tmpdir(), 'claudcode-cli-remote-'));
   });
   afterAll(async () => {
@@ -380,6 +421,21 @@ describe('CLI against a running gateway (--url)', () => {
     expect(json(fromNow).totals.requests).toBe(0);
     fails(huge, /^claudcode: 400: since: "100000000000d" is out of range/);
     fails(forever, /^claudcode: 400: window: .*at most 366d/);
+  });
+
+  it('sets and shows MCP servers through the gateway, which checks them against its own config', async () => {
+    // The CLI's own config (emptyDir, no config file) names no servers: the gateway's decides.
+    const created = json(await remote(['keys', 'create', '--name', 'remote-mcp', '--mcp-servers', 'fetch,tavily', '--json']));
+    expect(created).toMatchObject({ mcp_servers: ['fetch', 'tavily'] });
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ mcpServers: ['fetch', 'tavily'] });
+    expect(json(await remote(['keys', 'show', created.id, '--json']))).toMatchObject({ mcp_servers: ['fetch', 'tavily'] });
+    const table = ok(await remote(['keys', 'list']));
+    expect(table.split('\n').find((l) => l.startsWith(created.id))!.trim().split(/\s+/).at(-4)).toBe('fetch,tavily');
+    expect(json(await remote(['keys', 'update', created.id, '--mcp-servers', 'tavily', '--json']))).toMatchObject({ mcp_servers: ['tavily'] });
+    expect(json(await remote(['keys', 'update', created.id, '--mcp-servers', 'none', '--json']))).toMatchObject({ mcp_servers: [] });
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ mcpServers: [] });
+    fails(await remote(['keys', 'update', created.id, '--mcp-servers', 'tavily,github']), /^claudcode: 400: mcp_servers: unknown MCP server "github"; configured: tavily, fetch/);
+    expect(await stack.gateway.store.getKey(created.id)).toMatchObject({ mcpServers: [] });
   });
 
   it('sets and shows cache settings through the gateway, whose 400 names the field', async () => {

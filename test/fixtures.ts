@@ -47,6 +47,7 @@ export function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
     disabled: false,
     cacheTtlSeconds: null,
     cacheGroup: null,
+    mcpServers: [],
     createdAt: created,
     updatedAt: created,
     ...over,

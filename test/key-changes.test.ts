@@ -1,15 +1,19 @@
 /**
  * The scale-out key-change signal (src/redis-key-changes.ts) on the machine's Redis: a publish
  * on one instance reaches the others within a second, the subscriber survives a Redis
- * reconnect (and calls its listeners then, for what it may have missed), and publishing while
- * Redis is away neither throws nor hangs.
+ * reconnect (and calls its listeners then, for what it may have missed), publishing while
+ * Redis is away neither throws nor hangs, and a signalled change reloads a key's whole record on
+ * another instance's KeyRegistry.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { generateKey, hashKey, KeyRegistry } from '../src/keys.ts';
 import { RedisKeyChangeSignal } from '../src/redis-key-changes.ts';
-import { startTcpProxy, type TcpProxy } from './fixtures.ts';
+import { SqliteStore } from '../src/store/sqlite.ts';
+import { keyRecord, startTcpProxy, tempDirs, type TcpProxy } from './fixtures.ts';
 import { capturedLogger } from './limits-redis-helpers.ts';
 import { REDIS_URL, services, testRedisPrefix } from './services.ts';
 
+const tempDir = tempDirs('key-changes');
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Resolves with the ms it took for `count()` to reach `n`, or rejects after `withinMs`. */
@@ -95,6 +99,52 @@ describe.skipIf(!services.redis)('RedisKeyChangeSignal', () => {
     expect(lines.some((l) => l.msg.startsWith('Redis unreachable: key change not signalled'))).toBe(true);
     // close() works on a connection that is down.
     await signal.close();
+  });
+
+  it('a key change signalled by one instance reloads the whole record on another, its MCP servers included', async () => {
+    const channel = testRedisPrefix('keys');
+    const dir = tempDir();
+    // Two instances: each its own store connection, registry and signal, wired as the gateway wires them.
+    const stores = [await SqliteStore.open(dir), await SqliteStore.open(dir)] as const;
+    const signals = [await open(REDIS_URL, channel), await open(REDIS_URL, channel)] as const;
+    const registries = stores.map((store, i) => new KeyRegistry(store, undefined, signals[i]));
+    try {
+      for (const [i, registry] of registries.entries()) {
+        // Polling too slow to matter: only the signal can bring the change in time.
+        await registry.start(60_000, () => {});
+        await signals[i]!.subscribe(() => void registry.refresh());
+      }
+      const secret = generateKey();
+      const key = keyRecord({ id: 'key_mcp', hash: hashKey(secret), mcpServers: ['tavily'] });
+      await stores[0].createKey(key);
+      await registries[0]!.changed();
+      /** Resolves once the other instance's copy of the key lists `expected` (within a second). */
+      const reloaded = async (expected: string[]) => {
+        const started = Date.now();
+        for (;;) {
+          const seen = (() => {
+            try {
+              return registries[1]!.authenticate({ 'x-api-key': secret }, Date.now()).mcpServers;
+            } catch {
+              return undefined; // not loaded yet
+            }
+          })();
+          if (JSON.stringify(seen) === JSON.stringify(expected)) return;
+          if (Date.now() - started > 1000) throw new Error(`the other instance sees ${JSON.stringify(seen)}, not ${JSON.stringify(expected)}`);
+          await sleep(10);
+        }
+      };
+      await reloaded(['tavily']);
+      await stores[0].updateKey(key.id, { mcpServers: ['fetch', 'tavily'] });
+      await registries[0]!.changed();
+      await reloaded(['fetch', 'tavily']);
+      await stores[0].updateKey(key.id, { mcpServers: [] });
+      await registries[0]!.changed();
+      await reloaded([]);
+    } finally {
+      for (const registry of registries) registry.stop();
+      await Promise.all(stores.map((s) => s.close()));
+    }
   });
 
   it('open() fails when Redis is not reachable; close() quits both connections', async () => {

@@ -207,17 +207,18 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
       await second.close();
       expect(await versions()).toEqual(applied);
       expect(log.lines().filter((l) => l.msg === 'PostgreSQL store ready').map((l) => l.migrationsApplied)).toEqual([ALL_VERSIONS, []]);
-      // The columns of the later migrations: nullable cache settings on keys, saved_tokens NOT NULL DEFAULT 0
+      // The columns of the later migrations: nullable cache settings and mcp_servers NOT NULL DEFAULT '[]' on keys, saved_tokens NOT NULL DEFAULT 0
       // and upstream NOT NULL DEFAULT '' on usage and both rollups, whose primary keys hold upstream.
       const columns = await withClient(url, (c) =>
         c.query<{ table_name: string; column_name: string; data_type: string; is_nullable: string; column_default: string | null }>(
           `SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns
-           WHERE table_schema = 'public' AND column_name IN ('cache_ttl_seconds', 'cache_group', 'saved_tokens', 'upstream') ORDER BY 1, 2`,
+           WHERE table_schema = 'public' AND column_name IN ('cache_ttl_seconds', 'cache_group', 'mcp_servers', 'saved_tokens', 'upstream') ORDER BY 1, 2`,
         ).then((r) => r.rows),
       );
       expect(columns).toEqual([
         { table_name: 'keys', column_name: 'cache_group', data_type: 'text', is_nullable: 'YES', column_default: null },
         { table_name: 'keys', column_name: 'cache_ttl_seconds', data_type: 'bigint', is_nullable: 'YES', column_default: null },
+        { table_name: 'keys', column_name: 'mcp_servers', data_type: 'text', is_nullable: 'NO', column_default: "'[]'::text" },
         ...['usage', 'usage_daily', 'usage_hourly'].flatMap((table_name) => [
           { table_name, column_name: 'saved_tokens', data_type: 'bigint', is_nullable: 'NO', column_default: '0' },
           { table_name, column_name: 'upstream', data_type: 'text', is_nullable: 'NO', column_default: "''::text" },
@@ -293,7 +294,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
     }
 
     it.each(Array.from({ length: SCHEMA_VERSION - 1 }, (_, i) => i + 1))(
-      'migrates a database at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved and no upstream',
+      'migrates a database at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings and no MCP servers, old usage with nothing saved and no upstream',
       async (version) => {
         const url = await freshDatabase(`pg_from_v${version}`);
         const rows = await databaseAtVersion(url, version);
@@ -304,11 +305,11 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
           expect(await store.getKey('key_old')).toEqual({
             id: 'key_old', name: 'old', hash: 'f'.repeat(64), preview: 'sk-cc-...ffff', budgetTokens: 1000, windowSeconds: 3600, rpm: 60,
             concurrent: 5, models: ['claude-haiku-4-5'], expiresAt: T + 86_400_000, disabled: true, cacheTtlSeconds: null, cacheGroup: null,
-            createdAt: T, updatedAt: T + 1,
+            mcpServers: [], createdAt: T, updatedAt: T + 1,
           });
           const cached = version >= 2 ? { cacheTtlSeconds: 600, cacheGroup: 'kept' } : { cacheTtlSeconds: null, cacheGroup: null };
-          expect(await store.getKey('key_plain')).toMatchObject({ models: null, expiresAt: null, disabled: false, ...cached });
-          expect((await store.listKeys()).map((k) => k.id)).toEqual(['key_old', 'key_plain']);
+          expect(await store.getKey('key_plain')).toMatchObject({ models: null, expiresAt: null, disabled: false, ...cached, mcpServers: [] });
+          expect((await store.listKeys()).map((k) => [k.id, k.mcpServers])).toEqual([['key_old', []], ['key_plain', []]]);
           expect(await store.keysGeneration()).toBe(7);
           expect(await store.getMeta('admin_token_sha256')).toBe('abc');
 
@@ -344,6 +345,10 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
           expect(byUpstream).toEqual(await withClient(url, (client) => rawReport(client, { by: 'upstream', sinceMs: T - 24 * HOUR })));
           expect(byUpstream.filter((r) => r.group !== '')).toMatchObject([{ group: 'anthropic-main', model: 'claude-haiku-4-5', requests: 1, billedTokens: 70 }]);
           expect(await store.updateKey('key_old', { cacheTtlSeconds: 0, cacheGroup: 'g1' })).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: 'g1', name: 'old' });
+          // Old keys' MCP servers are the column's default, '[]', and take a list like new keys.
+          expect(await withClient(url, (c) => c.query('SELECT DISTINCT mcp_servers FROM keys').then((r) => r.rows))).toEqual([{ mcp_servers: '[]' }]);
+          expect(await store.updateKey('key_plain', { mcpServers: ['tavily'] })).toMatchObject({ mcpServers: ['tavily'], name: 'plain' });
+          expect((await store.getKey('key_plain'))!.mcpServers).toEqual(['tavily']);
         } finally {
           await store.close();
         }
@@ -475,7 +480,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
         for (const [i, id] of bytewise.entries()) {
           await store.createKey({
             id, name: id, hash: `hash_${i}`, preview: 'p', budgetTokens: 1, windowSeconds: 1, rpm: 1, concurrent: 1,
-            models: null, expiresAt: null, disabled: false, cacheTtlSeconds: null, cacheGroup: null, createdAt: T, updatedAt: T,
+            models: null, expiresAt: null, disabled: false, cacheTtlSeconds: null, cacheGroup: null, mcpServers: [], createdAt: T, updatedAt: T,
           });
         }
         expect((await store.listKeys()).map((k) => k.id)).toEqual(bytewise);

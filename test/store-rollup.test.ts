@@ -186,7 +186,7 @@ describe('schema migrations', () => {
 
     const store = new SqliteStore(dir);
     try {
-      expect(await store.getKey('key_old')).toMatchObject({ name: 'old', budgetTokens: 1000, models: ['claude-haiku-4-5'], cacheTtlSeconds: null, cacheGroup: null });
+      expect(await store.getKey('key_old')).toMatchObject({ name: 'old', budgetTokens: 1000, models: ['claude-haiku-4-5'], cacheTtlSeconds: null, cacheGroup: null, mcpServers: [] });
       expect(await store.keysGeneration()).toBe(7);
       expect(await store.getMeta('admin_token_sha256')).toBe('abc');
       const raw = new DatabaseSync(store.path, { readOnly: true });
@@ -256,7 +256,7 @@ describe('schema migrations', () => {
   }
 
   it.each(Array.from({ length: SCHEMA_VERSION }, (_, v) => v))(
-    'migrates a file at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings, old usage with nothing saved and no upstream',
+    'migrates a file at schema version %i to the current one, keeping its keys, meta and usage; old keys read back with no cache settings and no MCP servers, old usage with nothing saved and no upstream',
     async (version) => {
       const dir = tempDir();
       const rows = fileAtVersion(dir, version);
@@ -265,11 +265,11 @@ describe('schema migrations', () => {
         expect(await store.getKey('key_old')).toEqual({
           id: 'key_old', name: 'old', hash: 'f'.repeat(64), preview: 'sk-cc-...ffff', budgetTokens: 1000, windowSeconds: 3600, rpm: 60,
           concurrent: 5, models: ['claude-haiku-4-5'], expiresAt: T + DAY, disabled: true, cacheTtlSeconds: null, cacheGroup: null,
-          createdAt: T, updatedAt: T + 1,
+          mcpServers: [], createdAt: T, updatedAt: T + 1,
         });
         const cached = version >= 4 ? { cacheTtlSeconds: 600, cacheGroup: 'kept' } : { cacheTtlSeconds: null, cacheGroup: null };
-        expect(await store.getKey('key_plain')).toMatchObject({ models: null, expiresAt: null, disabled: false, ...cached });
-        expect((await store.listKeys()).map((k) => k.id)).toEqual(['key_old', 'key_plain']);
+        expect(await store.getKey('key_plain')).toMatchObject({ models: null, expiresAt: null, disabled: false, ...cached, mcpServers: [] });
+        expect((await store.listKeys()).map((k) => [k.id, k.mcpServers])).toEqual([['key_old', []], ['key_plain', []]]);
         expect(await store.keysGeneration()).toBe(7);
         expect(await store.getMeta('admin_token_sha256')).toBe('abc');
 
@@ -311,6 +311,10 @@ describe('schema migrations', () => {
             (raw.prepare("SELECT SUM(requests) AS n FROM usage WHERE upstream = '' AND ts >= ?").get(T - DAY) as { n: number }).n,
           );
           expect(await store.updateKey('key_old', { cacheTtlSeconds: 0, cacheGroup: 'g1' })).toMatchObject({ cacheTtlSeconds: 0, cacheGroup: 'g1', name: 'old' });
+          // Old keys' MCP servers are the column's default, '[]', and take a list like new keys.
+          expect(raw.prepare('SELECT DISTINCT mcp_servers FROM keys').all().map((r) => ({ ...r }))).toEqual([{ mcp_servers: '[]' }]);
+          expect(await store.updateKey('key_plain', { mcpServers: ['tavily'] })).toMatchObject({ mcpServers: ['tavily'], name: 'plain' });
+          expect((await store.getKey('key_plain'))!.mcpServers).toEqual(['tavily']);
         } finally {
           raw.close();
         }

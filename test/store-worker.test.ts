@@ -143,7 +143,7 @@ describe('failed calls', () => {
     try {
       const key = {
         id: 'key_1', name: 'one', hash: 'a'.repeat(64), preview: 'sk-cc-...aaaa', budgetTokens: 1, windowSeconds: 60, rpm: 1,
-        concurrent: 1, models: null, expiresAt: null, disabled: false, cacheTtlSeconds: null, cacheGroup: null, createdAt: T, updatedAt: T,
+        concurrent: 1, models: null, expiresAt: null, disabled: false, cacheTtlSeconds: null, cacheGroup: null, mcpServers: [], createdAt: T, updatedAt: T,
       };
       await store.createKey(key);
       const failure = await store.createKey({ ...key, id: 'key_2' }).catch((err: unknown) => err);

@@ -80,6 +80,7 @@ function keyRecord(over: Partial<KeyRecord> = {}): KeyRecord {
     disabled: false,
     cacheTtlSeconds: null,
     cacheGroup: null,
+    mcpServers: [],
     createdAt: T + n,
     updatedAt: T + n,
     ...over,
@@ -154,6 +155,33 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         await store.updateKey(key.id, { cacheGroup: 'again' });
         expect(await store.updateKey(key.id, { cacheGroup: undefined, cacheTtlSeconds: undefined, rpm: 4 })).toMatchObject({ cacheGroup: 'again', cacheTtlSeconds: null, rpm: 4 });
         expect(await store.updateKey('key_nope', { cacheTtlSeconds: 5 })).toBeNull();
+      });
+
+      it('round-trips and patches the attached MCP servers: a list, [] (none), untouched when not patched', async () => {
+        const variants = [
+          keyRecord({ mcpServers: ['tavily'] }),
+          keyRecord({ mcpServers: ['fetch', 'tavily', 'A_b-9'] }),
+          keyRecord({ mcpServers: [] }),
+        ];
+        for (const key of variants) await store.createKey(key);
+        for (const key of variants) expect(await store.getKey(key.id)).toEqual(key);
+        const listed = new Map((await store.listKeys()).map((k) => [k.id, k]));
+        for (const key of variants) expect(listed.get(key.id)).toEqual(key);
+
+        const key = variants[0]!;
+        const set = await store.updateKey(key.id, { mcpServers: ['fetch', 'tavily'] });
+        expect(set).toEqual({ ...key, mcpServers: ['fetch', 'tavily'], updatedAt: set!.updatedAt });
+        expect(await store.getKey(key.id)).toEqual(set);
+        // Other fields patched (and undefined): the list stays.
+        expect(await store.updateKey(key.id, { rpm: 2, mcpServers: undefined })).toMatchObject({ rpm: 2, mcpServers: ['fetch', 'tavily'] });
+        const cleared = await store.updateKey(key.id, { mcpServers: [], cacheGroup: 'g' });
+        expect(cleared).toEqual({ ...key, rpm: 2, cacheGroup: 'g', mcpServers: [], updatedAt: cleared!.updatedAt });
+        expect(await store.getKey(key.id)).toEqual(cleared);
+        // A patch of the list is a key change like any other.
+        const generation = await store.keysGeneration();
+        await store.updateKey(key.id, { mcpServers: ['tavily'] });
+        expect(await store.keysGeneration()).not.toBe(generation);
+        expect((await store.getKey(key.id))!.mcpServers).toEqual(['tavily']);
       });
 
       it('lists keys in creation order', async () => {
@@ -498,7 +526,7 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
       it('keeps keys, usage, meta and the generation across reopening', async () => {
         const openOwn = await impl.fresh();
         const first = await openOwn();
-        const key = keyRecord({ cacheTtlSeconds: 900, cacheGroup: 'kept' });
+        const key = keyRecord({ cacheTtlSeconds: 900, cacheGroup: 'kept', mcpServers: ['tavily', 'fetch'] });
         await first.createKey(key);
         await first.insertUsage([usage({ keyId: key.id, billedTokens: 77 }), usage({ keyId: key.id, cached: true, billedTokens: 0, savedTokens: 77 })]);
         await first.setMeta('admin_token_sha256', 'abc');

@@ -8,7 +8,8 @@
  * Faults can be injected per request with headers (`x-fake-status`,
  * `x-fake-latency-ms`, `x-fake-cut-after`, `x-fake-drop-connection`,
  * `x-fake-stream-error-after`, `x-fake-output-tokens`, `x-fake-event-delay-ms`,
- * `x-fake-retry-after`), queued with `queueFault()` for the next `POST /v1/messages` requests,
+ * `x-fake-retry-after`; `x-fake-tool-use` makes the model call an offered tool and answer from
+ * its result), queued with `queueFault()` for the next `POST /v1/messages` requests,
  * or standing (`options.fault`, `setFault()`) for every one — a whole upstream that is
  * overloaded or broken, as failover tests need.
  */
@@ -113,6 +114,76 @@ function replyText(n: number): string {
   let s = '';
   for (let i = 0; i < n; i++) s += i === 0 ? wordAt(i) : ' ' + wordAt(i);
   return s;
+}
+
+/** A user message's text: a string, or its text blocks joined. */
+function messageText(message: unknown): string {
+  const content = (message as { content?: unknown } | undefined)?.content;
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) return '';
+  return content.map((b) => ((b as { type?: unknown }).type === 'text' ? String((b as { text?: unknown }).text ?? '') : '')).join(' ').trim();
+}
+
+/** A tool_result block's content as text (a string, or its text blocks). */
+function toolResultText(block: Record<string, unknown>): string {
+  const content = block['content'];
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) return '';
+  return content.map((c) => ((c as { type?: unknown }).type === 'text' ? String((c as { text?: unknown }).text ?? '') : '')).join(' ');
+}
+
+/**
+ * `x-fake-tool-use: NAME` (or `first`): the model's turn when tools are offered, as the real API
+ * would play it. The last message carries tool_result blocks → a text answer built from them.
+ * Otherwise, when the named tool is offered (and tool_choice is not "none") → a short text and a
+ * tool_use of it, whose input fills each required string argument with the user's text (or is
+ * `x-fake-tool-input`, JSON). Undefined when neither applies: an ordinary answer follows.
+ */
+function toolTurn(body: Record<string, unknown>, wanted: string | undefined, inputOverride: string | undefined): { content: Record<string, unknown>[]; stopReason: 'tool_use' | 'end_turn' } | undefined {
+  if (wanted === undefined) return undefined;
+  const messages = body['messages'] as Record<string, unknown>[];
+  const last = messages[messages.length - 1];
+  const results = Array.isArray(last?.['content'])
+    ? (last['content'] as Record<string, unknown>[]).filter((b) => b['type'] === 'tool_result')
+    : [];
+  if (last?.['role'] === 'user' && results.length > 0) {
+    const texts = results.map((r) => `${r['is_error'] === true ? '(tool error) ' : ''}${toolResultText(r)}`.slice(0, 300));
+    return { content: [{ type: 'text', text: `Based on the tool results: ${texts.join(' | ')}` }], stopReason: 'end_turn' };
+  }
+  const tools = Array.isArray(body['tools']) ? (body['tools'] as Record<string, unknown>[]) : [];
+  const choice = body['tool_choice'] as { type?: unknown } | undefined;
+  if (choice?.type === 'none') return undefined;
+  const tool = wanted === 'first' ? tools[0] : tools.find((t) => t['name'] === wanted);
+  if (!tool || typeof tool['name'] !== 'string') return undefined;
+  let input: Record<string, unknown> = {};
+  if (inputOverride !== undefined) {
+    try {
+      input = JSON.parse(inputOverride) as Record<string, unknown>;
+    } catch {
+      input = {};
+    }
+  } else {
+    const schema = (tool['input_schema'] ?? {}) as { properties?: Record<string, { type?: unknown }>; required?: unknown };
+    const required = Array.isArray(schema.required) ? (schema.required as string[]) : [];
+    for (const name of required) if (schema.properties?.[name]?.type === 'string') input[name] = messageText(last);
+  }
+  return {
+    content: [
+      { type: 'text', text: `Let me use ${tool['name']}.` },
+      { type: 'tool_use', id: newId('toolu_fake_'), name: tool['name'], input },
+    ],
+    stopReason: 'tool_use',
+  };
+}
+
+/** Output tokens of a fake turn: a token per word of text, and ten per tool call. */
+function contentTokens(content: Record<string, unknown>[]): number {
+  let tokens = 0;
+  for (const block of content) {
+    if (block['type'] === 'text') tokens += String(block['text']).split(/\s+/).filter(Boolean).length;
+    else tokens += 10;
+  }
+  return Math.max(1, tokens);
 }
 
 // Pre-serialised content_block_delta events (the hot path of streaming).
@@ -394,6 +465,11 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       await sendRich(res, requestId, body, model, msgId, n, { input, creation, read });
       return;
     }
+    const turn = toolTurn(body, headerString(req, 'x-fake-tool-use'), headerString(req, 'x-fake-tool-input'));
+    if (turn) {
+      await sendContent(res, requestId, body, model, msgId, turn.content, turn.stopReason, { input, creation, read });
+      return;
+    }
 
     if (body['stream'] !== true) {
       const usage = {
@@ -526,6 +602,64 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (gone || closed) return;
     }
     res.end(EV_MESSAGE_STOP);
+  }
+
+  /**
+   * An answer of the given content blocks (text and tool_use), as JSON or streamed with the API's
+   * delta types: text in word-sized text_delta events, tool input in two input_json_delta parts.
+   */
+  async function sendContent(
+    res: ServerResponse,
+    requestId: string,
+    body: Record<string, unknown>,
+    model: string,
+    msgId: string,
+    content: Record<string, unknown>[],
+    stopReason: string,
+    tokens: { input: number; creation: number; read: number },
+  ): Promise<void> {
+    const output = contentTokens(content);
+    const usage = {
+      input_tokens: tokens.input, cache_creation_input_tokens: tokens.creation, cache_read_input_tokens: tokens.read,
+      cache_creation: { ephemeral_5m_input_tokens: tokens.creation, ephemeral_1h_input_tokens: 0 }, output_tokens: output, service_tier: 'standard',
+    };
+    const reported = { input_tokens: tokens.input, output_tokens: output, cache_creation_input_tokens: tokens.creation, cache_read_input_tokens: tokens.read };
+    if (body['stream'] !== true) {
+      const message = { id: msgId, type: 'message', role: 'assistant', model, content, stop_reason: stopReason, stop_sequence: null, stop_details: null, usage };
+      if (await sendJson(res, 200, requestId, message, false)) report(requestId, reported);
+      return;
+    }
+    const headers = commonHeaders(requestId);
+    headers['content-type'] = 'text/event-stream; charset=utf-8';
+    headers['cache-control'] = 'no-cache';
+    res.writeHead(200, headers);
+    const events = [
+      sse('message_start', { type: 'message_start', message: { id: msgId, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, stop_details: null, usage: { ...usage, output_tokens: 1 } } }),
+      EV_PING,
+    ];
+    content.forEach((block, index) => {
+      if (block['type'] === 'text') {
+        events.push(sse('content_block_start', { type: 'content_block_start', index, content_block: { type: 'text', text: '' } }));
+        for (const word of String(block['text']).split(/(?= )/)) {
+          events.push(sse('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'text_delta', text: word } }));
+        }
+      } else {
+        const inputJson = JSON.stringify(block['input']);
+        events.push(sse('content_block_start', { type: 'content_block_start', index, content_block: { ...block, input: {} } }));
+        const half = Math.floor(inputJson.length / 2);
+        events.push(sse('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: inputJson.slice(0, half) } }));
+        events.push(sse('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: inputJson.slice(half) } }));
+      }
+      events.push(sse('content_block_stop', { type: 'content_block_stop', index }));
+    });
+    events.push(sse('message_delta', { type: 'message_delta', delta: { stop_reason: stopReason, stop_sequence: null, stop_details: null }, usage }), EV_MESSAGE_STOP);
+    report(requestId, { ...reported, output_tokens: 1 });
+    for (const event of events) {
+      if (res.destroyed || closed) return;
+      if (!res.write(event)) await waitDrain(res);
+    }
+    report(requestId, reported);
+    res.end();
   }
 
   /**

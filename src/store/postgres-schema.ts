@@ -10,10 +10,10 @@
  *
  * Layout mirrors the SQLite store (schema.ts): keys, usage with its (key_id, ts) and (ts)
  * indexes, hourly and daily rollups per (period, key, model, upstream), meta. Differences, for
- * PostgreSQL: every time and count is BIGINT (ms since the epoch, tokens); models is TEXT[]; the
- * keys generation is its own one-row table; and each usage row carries `record_id`, a digest of
- * the record's fields (postgres-usage.ts) under a primary key, so that a batch written again
- * after an unknown COMMIT outcome adds nothing twice.
+ * PostgreSQL: every time and count is BIGINT (ms since the epoch, tokens); models is TEXT[] (but
+ * mcp_servers is JSON text, as in SQLite); the keys generation is its own one-row table; and each
+ * usage row carries `record_id`, a digest of the record's fields (postgres-usage.ts) under a
+ * primary key, so that a batch written again after an unknown COMMIT outcome adds nothing twice.
  */
 import type pg from 'pg';
 
@@ -139,6 +139,13 @@ ALTER TABLE usage_hourly ADD COLUMN upstream TEXT NOT NULL DEFAULT '',
 ALTER TABLE usage_daily ADD COLUMN upstream TEXT NOT NULL DEFAULT '',
   DROP CONSTRAINT usage_daily_pkey, ADD PRIMARY KEY (day, key_id, model, upstream);
 `,
+  },
+  {
+    // The attached MCP servers a key may use (KeyRecord.mcpServers): JSON array text of names, as
+    // in the SQLite store (sql-common.ts encodes it for both). '[]', what every existing key reads
+    // back, is none; a constant default, so no table rewrite.
+    name: 'keys.mcp_servers',
+    sql: "ALTER TABLE keys ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]';",
   },
 ];
 

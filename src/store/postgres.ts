@@ -27,7 +27,7 @@ import { StoreUnavailableError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import { migrate } from './postgres-schema.ts';
 import { budgetBucketsSql, insertUsageSql, usageReportSql, type Sql } from './postgres-usage.ts';
-import { KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, rowToKey, type KeyRow as SqlKeyRow } from './sql-common.ts';
+import { KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, patchValue, rowToKey, type KeyRow as SqlKeyRow } from './sql-common.ts';
 import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow } from './types.ts';
 
 export interface PostgresOptions {
@@ -269,7 +269,7 @@ export class PostgresStore implements Store {
     const values: unknown[] = [];
     const assignments: string[] = [];
     for (const field of patchedFields(patch)) {
-      assignments.push(`${PATCH_COLUMNS[field]} = $${values.push(patch[field])}`);
+      assignments.push(`${PATCH_COLUMNS[field]} = $${values.push(patchValue(field, patch[field]))}`);
     }
     assignments.push(`updated_at = $${values.push(Date.now())}`);
     const rows = await this.query<KeyRow>(

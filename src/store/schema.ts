@@ -176,6 +176,12 @@ ALTER TABLE usage_daily ADD COLUMN saved_tokens INTEGER NOT NULL DEFAULT 0;
     sql: `ALTER TABLE usage ADD COLUMN upstream TEXT NOT NULL DEFAULT '';
 ${rollupWithUpstream('usage_hourly', 'hour')}${rollupWithUpstream('usage_daily', 'day')}`,
   },
+  {
+    // The attached MCP servers a key may use (KeyRecord.mcpServers): a JSON array of names. '[]',
+    // what every existing key reads back, is none.
+    name: 'keys.mcp_servers',
+    sql: "ALTER TABLE keys ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]';",
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -8,7 +8,7 @@
  * view: placeholders (`?` against `$n`: callers pass `param`, which records a value and returns
  * its placeholder), integer division (`floorDiv`), the types of two key columns (SQLite's JSON
  * text and 0/1, PostgreSQL's TEXT[] and boolean), day labels, collation, and the DDL
- * (schema.ts, postgres-schema.ts).
+ * (schema.ts, postgres-schema.ts). `mcp_servers` is JSON text in both, so its encoding is here.
  */
 import type { KeyPatch, KeyRecord, UsageGrouping, UsageQuery, UsageRow } from './types.ts';
 
@@ -36,6 +36,8 @@ export interface KeyRow<Models, Flag> {
   disabled: Flag;
   cache_ttl_seconds: number | null;
   cache_group: string | null;
+  /** JSON array text of server names, '[]' for none (both dialects). */
+  mcp_servers: string;
   created_at: number;
   updated_at: number;
 }
@@ -43,15 +45,26 @@ export interface KeyRow<Models, Flag> {
 /** The keys columns in the order `keyValues` gives them, for an INSERT. */
 export const KEY_COLUMNS = [
   'id', 'name', 'key_hash', 'key_preview', 'budget_tokens', 'window_seconds', 'rpm', 'concurrent', 'models',
-  'expires_at', 'disabled', 'cache_ttl_seconds', 'cache_group', 'created_at', 'updated_at',
+  'expires_at', 'disabled', 'cache_ttl_seconds', 'cache_group', 'mcp_servers', 'created_at', 'updated_at',
 ] as const;
 
 /** A key's values in KEY_COLUMNS order, its `models` and `disabled` already in the dialect's form. */
 export function keyValues<Models, Flag>(key: KeyRecord, models: Models | null, disabled: Flag): Array<string | number | null | Models | Flag> {
   return [
     key.id, key.name, key.hash, key.preview, key.budgetTokens, key.windowSeconds, key.rpm, key.concurrent,
-    models, key.expiresAt, disabled, key.cacheTtlSeconds, key.cacheGroup, key.createdAt, key.updatedAt,
+    models, key.expiresAt, disabled, key.cacheTtlSeconds, key.cacheGroup, mcpServersColumn(key.mcpServers), key.createdAt,
+    key.updatedAt,
   ];
+}
+
+/** KeyRecord.mcpServers as its column holds it in both dialects: JSON array text. */
+function mcpServersColumn(names: readonly string[]): string {
+  return JSON.stringify(names);
+}
+
+/** A patch value as its column takes it, for the fields whose form is the same in both dialects. */
+export function patchValue<F extends keyof KeyPatch>(field: F, value: KeyPatch[F]): unknown {
+  return field === 'mcpServers' ? mcpServersColumn(value as string[]) : value;
 }
 
 /** The record a keys row holds, its `models` and `disabled` decoded from the dialect's form by the caller. */
@@ -70,6 +83,7 @@ export function rowToKey(row: KeyRow<unknown, unknown>, models: string[] | null,
     disabled,
     cacheTtlSeconds: row.cache_ttl_seconds,
     cacheGroup: row.cache_group,
+    mcpServers: JSON.parse(row.mcp_servers) as string[],
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
@@ -87,6 +101,7 @@ export const PATCH_COLUMNS: Record<keyof KeyPatch, string> = {
   disabled: 'disabled',
   cacheTtlSeconds: 'cache_ttl_seconds',
   cacheGroup: 'cache_group',
+  mcpServers: 'mcp_servers',
 };
 
 /** The fields a patch sets (those not undefined), among PATCH_COLUMNS only. */

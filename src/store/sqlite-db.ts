@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import { migrate } from './schema.ts';
 import {
-  groupValues, KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUP_DIMENSIONS,
+  groupValues, KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, patchValue, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUP_DIMENSIONS,
   ROLLUP_GROUP_BY, ROLLUPS, rowToKey, SUMMED,
   type KeyRow as SqlKeyRow,
 } from './sql-common.ts';
@@ -42,10 +42,10 @@ function keyFromRow(row: KeyRow): KeyRecord {
   return rowToKey(row, row.models === null ? null : (JSON.parse(row.models) as string[]), row.disabled === 1);
 }
 
-function toColumnValue(field: keyof KeyPatch, value: unknown): SQLInputValue {
+function toColumnValue<F extends keyof KeyPatch>(field: F, value: KeyPatch[F]): SQLInputValue {
   if (field === 'models') return value === null ? null : JSON.stringify(value);
   if (field === 'disabled') return value ? 1 : 0;
-  return value as SQLInputValue;
+  return patchValue(field, value) as SQLInputValue;
 }
 
 /**

@@ -30,13 +30,20 @@ export interface KeyRecord {
    * ([A-Za-z0-9_-]{1,64}) shares them among every key of that group.
    */
   cacheGroup: string | null;
+  /**
+   * The attached MCP servers (config `mcpServers`, by name) whose tools this key may use; [] (the
+   * default, and what keys stored before the field read back) is none. Names are checked against
+   * the config when set (KeyInput, admin.ts), not when read: a server later removed from the
+   * config stays listed and is simply not there.
+   */
+  mcpServers: string[];
   createdAt: number;
   updatedAt: number;
 }
 
 export type KeyPatch = Partial<Pick<
   KeyRecord,
-  'name' | 'budgetTokens' | 'windowSeconds' | 'rpm' | 'concurrent' | 'models' | 'expiresAt' | 'disabled' | 'cacheTtlSeconds' | 'cacheGroup'
+  'name' | 'budgetTokens' | 'windowSeconds' | 'rpm' | 'concurrent' | 'models' | 'expiresAt' | 'disabled' | 'cacheTtlSeconds' | 'cacheGroup' | 'mcpServers'
 >>;
 
 export type UsageOutcome = 'ok' | 'error' | 'client_closed' | 'upstream_cut' | 'rejected';

@@ -15,7 +15,7 @@ const DROP_REQUEST_HEADERS = new Set([
   'x-api-key', 'authorization', 'cookie',
   // The gateway reads usage out of the response, so it asks upstream for identity encoding.
   'accept-encoding',
-  'x-no-cache', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-real-ip', 'forwarded',
+  'x-no-cache', 'x-mcp-tools', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-real-ip', 'forwarded',
 ]);
 
 /** Never passed back to clients: hop-by-hop headers and the upstream account's own details. */
