@@ -353,6 +353,27 @@ function upstreamsFromEnv(env: Env, fromFile: ConfigInput['upstreams']): ConfigI
 
 export class ConfigError extends Error {}
 
+/**
+ * `${VAR}` and `${VAR:-default}` in the strings of `value`, replaced from the environment, as
+ * Claude Code expands its `.mcp.json`: the config file can name a secret (TAVILY_API_KEY) without
+ * holding it. An unset variable without a default is an error naming where it is used.
+ */
+export function expandEnvReferences(value: unknown, env: Env, path: string): unknown {
+  if (typeof value === 'string') {
+    return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g, (_, name: string, fallback: string | undefined) => {
+      const found = env[name];
+      if (found !== undefined && found !== '') return found;
+      if (fallback !== undefined) return fallback;
+      throw new Error(`${path}: the environment variable ${name} is not set`);
+    });
+  }
+  if (Array.isArray(value)) return value.map((item, i) => expandEnvReferences(item, env, `${path}.${i}`));
+  if (typeof value === 'object' && value !== null) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, expandEnvReferences(v, env, `${path}.${k}`)]));
+  }
+  return value;
+}
+
 /** Builds the validated config from a file (CLAUDCODE_CONFIG) and the environment. */
 export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInput> = {}): Config {
   let fromFile: Partial<ConfigInput> = {};
@@ -361,6 +382,13 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
       fromFile = JSON.parse(readFileSync(env.CLAUDCODE_CONFIG, 'utf8')) as Partial<ConfigInput>;
     } catch (err) {
       throw new ConfigError(`cannot read config file ${env.CLAUDCODE_CONFIG}: ${(err as Error).message}`);
+    }
+  }
+  if (fromFile.mcpServers !== undefined) {
+    try {
+      fromFile = { ...fromFile, mcpServers: expandEnvReferences(fromFile.mcpServers, env, 'mcpServers') as ConfigInput['mcpServers'] };
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
     }
   }
   const fromEnv: Partial<Record<keyof ConfigInput, string | undefined>> = {

@@ -22,12 +22,13 @@ import type { Config, ModelEntry } from './config.ts';
 import { consultCache, NOT_CACHEABLE, type CacheCounters, type CacheDecision, type ResponseCache } from './cache/stage.ts';
 import { MessageAccumulator } from './cache/accumulate.ts';
 import { replaySse } from './cache/replay.ts';
-import { clip, UpstreamError } from './errors.ts';
+import { clip, InvalidRequestError, UpstreamError } from './errors.ts';
 import type { KeyRegistry } from './keys.ts';
 import type { McpConnections } from './mcp/types.ts';
 import type { Admission, RateLimiter } from './limits/types.ts';
 import type { Logger } from './logger.ts';
 import { readScannedRequest, withModel, type ScannedRequest } from './request-body.ts';
+import { openRequestMcpServers } from './mcp/request-servers.ts';
 import { listOfferedTools, runToolLoop } from './mcp/tool-loop.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
 import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders } from './upstream/headers.ts';
@@ -278,7 +279,24 @@ async function serveWithTools(c: GatewayContext, s: GatewayServices, meter: Requ
   const upstreamModel = model.upstream_id ?? model.id;
   body['model'] = upstreamModel;
   const configured = new Set(s.mcp.names());
-  const tools = await listOfferedTools(s.mcp, key.mcpServers.filter((name) => configured.has(name)), s.logger, signal);
+  const attached = key.mcpServers.filter((name) => configured.has(name));
+  const tools = await listOfferedTools(s.mcp, attached, s.logger, signal);
+  if (request.hasMcpServers) {
+    // Anthropic's `mcp_servers` (the MCP connector): the gateway runs the request's own servers,
+    // refusing private addresses unless the operator allow-lists them; closed when it finishes.
+    if (!s.config.mcp.allowRequestServers) throw new InvalidRequestError('mcp_servers: this gateway does not accept MCP servers in requests.');
+    const { mcp } = s.config;
+    const own = await openRequestMcpServers(body['mcp_servers'], {
+      logger: s.logger,
+      toolTimeoutMs: mcp.toolTimeoutMs,
+      maxToolOutputBytes: mcp.maxToolOutputBytes,
+      allowedPrivateHosts: mcp.allowedPrivateHosts,
+    });
+    meter.defer(() => void own.close());
+    const taken = own.names().filter((name) => attached.includes(name));
+    if (taken.length > 0) throw new InvalidRequestError(`mcp_servers: the name${taken.length > 1 ? 's' : ''} ${taken.map((n) => `"${n}"`).join(', ')} belong${taken.length > 1 ? '' : 's'} to the gateway's attached servers; choose another.`);
+    for (const [name, tool] of await listOfferedTools(own, own.names(), s.logger, signal)) tools.set(name, tool);
+  }
   const { budget } = s.config;
   const requestId = c.get('requestId');
   const headers: PlainHeaders = { 'x-request-id': requestId, 'request-id': requestId, ...meter.rateLimitHeaders };

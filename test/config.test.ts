@@ -345,3 +345,22 @@ describe('operator-safety settings', () => {
     }
   });
 });
+
+describe('mcpServers in the config file', () => {
+  it('reads stdio and HTTP servers and expands ${VAR} and ${VAR:-default} from the environment', () => {
+    const path = configFile({
+      mcpServers: {
+        tavily: { command: 'npx', args: ['--no', 'tavily-mcp'], env: { TAVILY_API_KEY: '${TAVILY_API_KEY}' } },
+        docs: { type: 'http', url: '${DOCS_MCP_URL:-http://127.0.0.1:9000/mcp}', headers: { authorization: 'Bearer ${DOCS_TOKEN}' } },
+      },
+    });
+    const config = loadConfig({ CLAUDCODE_CONFIG: path, TAVILY_API_KEY: 'tvly-secret', DOCS_TOKEN: 't0k' });
+    expect(config.mcpServers).toEqual({
+      tavily: { command: 'npx', args: ['--no', 'tavily-mcp'], env: { TAVILY_API_KEY: 'tvly-secret' } },
+      docs: { type: 'http', url: 'http://127.0.0.1:9000/mcp', headers: { authorization: 'Bearer t0k' } },
+    });
+    expect(configError(() => loadConfig({ CLAUDCODE_CONFIG: path, DOCS_TOKEN: 'x' })).message).toMatch(/mcpServers\.tavily\.env\.TAVILY_API_KEY: the environment variable TAVILY_API_KEY is not set/);
+    expect(configError(() => loadConfig({ CLAUDCODE_CONFIG: configFile({ mcpServers: { 'bad name': { command: 'x' } } }) })).message).toMatch(/mcpServers/);
+    expect(loadConfig({}).mcpServers).toEqual({});
+  });
+});

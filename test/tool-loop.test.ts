@@ -211,4 +211,50 @@ describe('tool loop bounds', () => {
   });
 });
 
+describe('mcp_servers in the request (the MCP connector\'s parameter)', () => {
+  it('refuses private and loopback servers unless the operator allow-lists them, and runs allowed ones', async () => {
+    const web = await startFakeMcpHttp({ token: 'web-token-123456' });
+    const strictStack = await startStack();
+    const openStack = await startStack({ config: { mcp: { allowedPrivateHosts: ['127.0.0.1'] } } });
+    try {
+      const servers = [{ type: 'url' as const, url: web.url, name: 'web', authorization_token: 'web-token-123456' }];
+      const { key } = await strictStack.newKey();
+      const refused = (await strictStack.client(key).beta.messages
+        .create({ ...ASK, mcp_servers: servers, betas: ['mcp-client-2025-04-04'] })
+        .catch((e: unknown) => e)) as APIError;
+      expect(refused.status).toBe(400);
+      expect((refused.error as { error: { message: string } }).error.message).toBe('mcp_servers: the MCP server "web" is refused: its host 127.0.0.1 is a loopback address.');
+      expect(strictStack.fake.requests).toHaveLength(0);
+      expect(web.calls).toHaveLength(0);
+
+      const { key: allowed } = await openStack.newKey();
+      const message = await openStack.client(allowed).beta.messages.create(
+        { ...ASK, mcp_servers: servers, betas: ['mcp-client-2025-04-04'] },
+        { headers: { 'x-fake-tool-use': 'mcp__web__search' } },
+      );
+      expect(message.content.map((b) => b.type)).toEqual(['text', 'mcp_tool_use', 'mcp_tool_result', 'text']);
+      expect(message.content[1]).toMatchObject({ name: 'search', server_name: 'web' });
+      expect(web.calls).toEqual([{ tool: 'search', args: { query: 'octopus hearts' } }]);
+      // The connector's parameter and beta flag stay with the gateway.
+      const sent = JSON.parse(openStack.fake.requests[0]!.body) as Record<string, unknown>;
+      expect(sent['mcp_servers']).toBeUndefined();
+      expect(openStack.fake.requests[0]!.headers['anthropic-beta']).toBeUndefined();
+      expect(openStack.logs.join('')).not.toContain('web-token-123456');
+    } finally {
+      await strictStack.close();
+      await openStack.close();
+      await web.close();
+    }
+  });
+
+  it('refuses a malformed mcp_servers with a 400 naming the field', async () => {
+    const { key } = await stack.newKey();
+    const err = (await stack.client(key).messages
+      .create({ ...ASK, mcp_servers: [{ type: 'url', name: 'x' }] } as never)
+      .catch((e: unknown) => e)) as APIError;
+    expect(err.status).toBe(400);
+    expect(err.message).toMatch(/mcp_servers\[0\]\.url/);
+  });
+});
+
 void MESSAGE;

@@ -99,7 +99,7 @@ export class ServerConnection {
   }
 
   #failed(tool: string, err: unknown, client: Client | undefined): McpToolResult {
-    const seconds = `${Math.round(this.#options.toolTimeoutMs / 100) / 10} s`;
+    const seconds = this.#timeoutText();
     let text: string;
     if (err instanceof TimeoutError) {
       text = `MCP server "${this.name}" did not connect within ${seconds}, so the tool "${tool}" did not run.`;
@@ -139,8 +139,9 @@ export class ServerConnection {
       const list: McpTool[] = [];
       let cursor: string | undefined;
       for (let pages = 0; pages < MAX_TOOL_PAGES; pages++) {
-        const result = await page(cursor).catch((err: unknown) => this.#retryIfSessionGone(err, client, () => page(undefined)));
-        if (pages > 0 && client !== this.#client) throw new Error('the session ended while its tools were listed');
+        const result = pages === 0
+          ? await page(undefined).catch((err: unknown) => this.#retryIfSessionGone(err, client, () => page(undefined)))
+          : await page(cursor);
         for (const t of result.tools) {
           list.push({ name: t.name, ...(t.description ? { description: t.description } : {}), inputSchema: t.inputSchema });
         }
@@ -152,7 +153,7 @@ export class ServerConnection {
     } catch (err) {
       if (client && isConnectionError(err)) this.#drop(client);
       const text = err instanceof TimeoutError
-        ? `MCP server "${this.name}" did not connect within ${this.#options.toolTimeoutMs} ms`
+        ? `MCP server "${this.name}" did not connect within ${this.#timeoutText()}`
         : client ? `MCP server "${this.name}" did not list its tools: ${this.#describe(err)}` : this.#mask((err as Error).message);
       this.#options.logger.warn({ mcpServer: this.name, error: text }, 'MCP server unavailable');
       throw new Error(text);
@@ -245,6 +246,7 @@ export class ServerConnection {
   #describe(err: unknown): string {
     const e = err as { message?: unknown; cause?: { code?: unknown; message?: unknown } };
     let text = typeof e?.message === 'string' && e.message !== '' ? e.message : String(err);
+    if (err instanceof StreamableHTTPError && err.code !== undefined && err.code > 0) text = `HTTP ${err.code}: ${text}`;
     // fetch's "fetch failed" says nothing; the cause says ECONNREFUSED or why the guard refused.
     const cause = e?.cause;
     if (cause && typeof cause.message === 'string') text += ` (${typeof cause.code === 'string' ? `${cause.code}: ` : ''}${cause.message})`;
@@ -255,6 +257,10 @@ export class ServerConnection {
     let out = text;
     for (const secret of this.#secrets) out = out.split(secret).join('[redacted]');
     return out.length > 1000 ? `${out.slice(0, 1000)}…` : out;
+  }
+
+  #timeoutText(): string {
+    return `${Math.round(this.#options.toolTimeoutMs / 100) / 10} s`;
   }
 
   #now(): number {
@@ -273,7 +279,12 @@ function isConnectionError(err: unknown): boolean {
 /** Values from the config that must never appear in a log line or a message to the model. */
 function secretsOf(config: McpServerConfig): string[] {
   const values = config.type === 'http'
-    ? [config.url, ...Object.values(config.headers), ...[...new URL(config.url).searchParams.values()]]
+    ? [
+        config.url,
+        ...[...new URL(config.url).searchParams.values()],
+        // "Bearer <token>": the token alone too
+        ...Object.values(config.headers).flatMap((v) => [v, v.slice(v.lastIndexOf(' ') + 1)]),
+      ]
     : Object.values(config.env);
   // Longest first, so that a value containing another is masked whole; short values are no secret.
   return values.filter((v) => v.length >= 6).sort((a, b) => b.length - a.length);

@@ -209,9 +209,17 @@ async function attachedTools(deps: McpRoutesDeps, key: KeyRecord, signal: AbortS
   return tools;
 }
 
+/** The built-in tools as tools/list shows them (JSON Schema of the zod input). */
+function listed(builtins: Record<string, BuiltinTool>): Tool[] {
+  return Object.entries(builtins).map(([name, t]) => ({
+    name,
+    description: t.description,
+    inputSchema: z.toJSONSchema(t.input, { io: 'input' }) as Tool['inputSchema'],
+  }));
+}
+
 /** An MCP server for one request of one key. */
-function serverFor(deps: McpRoutesDeps, key: KeyRecord, credential: Credential): Server {
-  const builtins = builtinTools(deps);
+function serverFor(deps: McpRoutesDeps, builtins: Record<string, BuiltinTool>, key: KeyRecord, credential: Credential): Server {
   const server = new Server(
     { name: 'claudcode', version },
     {
@@ -224,13 +232,8 @@ function serverFor(deps: McpRoutesDeps, key: KeyRecord, credential: Credential):
   server.onerror = (err) => deps.logger.debug({ err: err.message }, 'MCP transport error');
 
   server.setRequestHandler(ListToolsRequestSchema, async (_request, extra) => {
-    const own: Tool[] = Object.entries(builtins).map(([name, t]) => ({
-      name,
-      description: t.description,
-      inputSchema: z.toJSONSchema(t.input, { io: 'input' }) as Tool['inputSchema'],
-    }));
     const attached = [...(await attachedTools(deps, key, extra.signal)).entries()].map(([name, { tool }]) => ({ ...tool, name }));
-    return { tools: [...own, ...attached] };
+    return { tools: [...listed(builtins), ...attached] };
   });
 
   server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
@@ -248,7 +251,8 @@ function serverFor(deps: McpRoutesDeps, key: KeyRecord, credential: Credential):
     // Only the servers the name can point at are listed (lists are cached by the connections).
     const attached = (await attachedTools(deps, key, extra.signal, (s) => name.startsWith(s + SEPARATOR))).get(name);
     if (!attached) throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
-    return (await deps.mcp.callTool(attached.server, attached.tool.name, args, extra.signal)) as CallToolResult;
+    // Already a tool result (a failure included), as the attached server's tool gave it.
+    return { ...(await deps.mcp.callTool(attached.server, attached.tool.name, args, extra.signal)) };
   });
   return server;
 }
@@ -286,6 +290,7 @@ function jsonRpcError(message: string) {
 
 export function mcpRoutes(deps: McpRoutesDeps): Hono<GatewayEnv> {
   const allowed = new Set(deps.config.mcp.allowedOrigins.map((o) => o.replace(/\/+$/, '')));
+  const builtins = builtinTools(deps);
   const routes = new Hono<GatewayEnv>();
   routes.use('*', originCheck(allowed));
   // Browser pages of the allowed origins need CORS to read the answers (and send the key header).
@@ -305,7 +310,7 @@ export function mcpRoutes(deps: McpRoutesDeps): Hono<GatewayEnv> {
       if (err instanceof AuthenticationError) throw new GatewayError(401, 'authentication_error', err.message, { 'www-authenticate': 'Bearer realm="claudcode"' });
       throw err;
     }
-    const server = serverFor(deps, key, credentialOf(c.req.raw.headers));
+    const server = serverFor(deps, builtins, key, credentialOf(c.req.raw.headers));
     // Closed when the answer is written or the client goes away; closing aborts tool calls still running.
     c.env.outgoing.once('close', () => {
       server.close().catch((err: unknown) => deps.logger.warn({ err }, 'MCP server close failed'));
