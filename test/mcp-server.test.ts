@@ -263,6 +263,16 @@ describe("attached MCP servers' tools", () => {
     expect(textOf(failed)).toMatch(/failed on purpose/);
   });
 
+  it("count against the key's rpm, as API requests do", async () => {
+    const { key } = await stack.newKey({ mcpServers: ['fake'], rpm: 2 });
+    const client = await connect({ 'x-api-key': key });
+    expect((await call(client, 'fake__echo', { text: 'one' })).isError).toBeFalsy();
+    expect((await call(client, 'fake__echo', { text: 'two' })).isError).toBeFalsy();
+    const third = await call(client, 'fake__echo', { text: 'three' });
+    expect(third.isError).toBe(true);
+    expect(textOf(third)).toMatch(/rpm|requests per minute|Rate limit/i);
+  });
+
   it('are neither listed nor callable for a key without rights to the server', async () => {
     const { key } = await stack.newKey({ mcpServers: [] });
     const client = await connect({ 'x-api-key': key });

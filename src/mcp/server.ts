@@ -251,8 +251,20 @@ function serverFor(deps: McpRoutesDeps, builtins: Record<string, BuiltinTool>, k
     // Only the servers the name can point at are listed (lists are cached by the connections).
     const attached = (await attachedTools(deps, key, extra.signal, (s) => name.startsWith(s + SEPARATOR))).get(name);
     if (!attached) throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
-    // Already a tool result (a failure included), as the attached server's tool gave it.
-    return { ...(await deps.mcp.callTool(attached.server, attached.tool.name, args, extra.signal)) };
+    // A call counts against the key's rpm and concurrency, and is refused once its budget is
+    // spent, as an API request would be: web search is the key's to use within its limits.
+    let admission;
+    try {
+      admission = await deps.limits.admit(key, Date.now(), { checkBudget: true });
+    } catch (err) {
+      return failure(err, name, deps.logger);
+    }
+    try {
+      // Already a tool result (a failure included), as the attached server's tool gave it.
+      return { ...(await deps.mcp.callTool(attached.server, attached.tool.name, args, extra.signal)) };
+    } finally {
+      admission.finish(0);
+    }
   });
   return server;
 }
