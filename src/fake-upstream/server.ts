@@ -605,8 +605,9 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   }
 
   /**
-   * An answer of the given content blocks (text and tool_use), as JSON or streamed with the API's
-   * delta types: text in word-sized text_delta events, tool input in two input_json_delta parts.
+   * An answer of the given content blocks (thinking, text, tool_use), as JSON or streamed with the
+   * API's delta types: thinking in two thinking_delta events and a signature_delta, text in
+   * word-sized text_delta events, tool input in two input_json_delta parts.
    */
   async function sendContent(
     res: ServerResponse,
@@ -617,8 +618,8 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     content: Record<string, unknown>[],
     stopReason: string,
     tokens: { input: number; creation: number; read: number },
+    output = contentTokens(content),
   ): Promise<void> {
-    const output = contentTokens(content);
     const usage = {
       input_tokens: tokens.input, cache_creation_input_tokens: tokens.creation, cache_read_input_tokens: tokens.read,
       cache_creation: { ephemeral_5m_input_tokens: tokens.creation, ephemeral_1h_input_tokens: 0 }, output_tokens: output, service_tier: 'standard',
@@ -638,7 +639,13 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       EV_PING,
     ];
     content.forEach((block, index) => {
-      if (block['type'] === 'text') {
+      if (block['type'] === 'thinking') {
+        const thinking = String(block['thinking']);
+        events.push(sse('content_block_start', { type: 'content_block_start', index, content_block: { type: 'thinking', thinking: '', signature: '' } }));
+        events.push(sse('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'thinking_delta', thinking: thinking.slice(0, 20) } }));
+        events.push(sse('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'thinking_delta', thinking: thinking.slice(20) } }));
+        events.push(sse('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'signature_delta', signature: block['signature'] } }));
+      } else if (block['type'] === 'text') {
         events.push(sse('content_block_start', { type: 'content_block_start', index, content_block: { type: 'text', text: '' } }));
         for (const word of String(block['text']).split(/(?= )/)) {
           events.push(sse('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'text_delta', text: word } }));
@@ -667,7 +674,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
    * and a tool_use block, stop_reason tool_use — as JSON or as the API streams it (thinking_delta,
    * signature_delta, text_delta, input_json_delta in two parts). No faults in this mode.
    */
-  async function sendRich(
+  function sendRich(
     res: ServerResponse,
     requestId: string,
     body: Record<string, unknown>,
@@ -679,53 +686,12 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     const thinking = 'The user wants the weather; I should call the tool. Ünïcödé ✓.';
     const signature = createHash('sha256').update(msgId).digest('base64') + 'EqQBCkgIARABGAIiQL';
     const input = { city: 'Paris', days: 3, units: 'metric', note: 'naïve "quotes" \\ back' };
-    const toolId = newId('toolu_fake_');
-    const output = n + 20;
-    const usage = {
-      input_tokens: tokens.input, cache_creation_input_tokens: tokens.creation, cache_read_input_tokens: tokens.read,
-      cache_creation: { ephemeral_5m_input_tokens: tokens.creation, ephemeral_1h_input_tokens: 0 }, output_tokens: output, service_tier: 'standard',
-    };
     const content = [
       { type: 'thinking', thinking, signature },
       { type: 'text', text: replyText(n) },
-      { type: 'tool_use', id: toolId, name: 'get_weather', input },
+      { type: 'tool_use', id: newId('toolu_fake_'), name: 'get_weather', input },
     ];
-    const reported = { input_tokens: tokens.input, output_tokens: output, cache_creation_input_tokens: tokens.creation, cache_read_input_tokens: tokens.read };
-    if (body['stream'] !== true) {
-      const message = { id: msgId, type: 'message', role: 'assistant', model, content, stop_reason: 'tool_use', stop_sequence: null, stop_details: null, usage };
-      if (await sendJson(res, 200, requestId, message, false)) report(requestId, reported);
-      return;
-    }
-    const headers = commonHeaders(requestId);
-    headers['content-type'] = 'text/event-stream; charset=utf-8';
-    headers['cache-control'] = 'no-cache';
-    res.writeHead(200, headers);
-    const inputJson = JSON.stringify(input);
-    const events = [
-      sse('message_start', { type: 'message_start', message: { id: msgId, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, stop_details: null, usage: { ...usage, output_tokens: 1 } } }),
-      sse('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'thinking', thinking: '', signature: '' } }),
-      EV_PING,
-      sse('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'thinking_delta', thinking: thinking.slice(0, 20) } }),
-      sse('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'thinking_delta', thinking: thinking.slice(20) } }),
-      sse('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'signature_delta', signature } }),
-      sse('content_block_stop', { type: 'content_block_stop', index: 0 }),
-      sse('content_block_start', { type: 'content_block_start', index: 1, content_block: { type: 'text', text: '' } }),
-      ...Array.from({ length: n }, (_, i) => sse('content_block_delta', { type: 'content_block_delta', index: 1, delta: { type: 'text_delta', text: i === 0 ? wordAt(0) : ` ${wordAt(i)}` } })),
-      sse('content_block_stop', { type: 'content_block_stop', index: 1 }),
-      sse('content_block_start', { type: 'content_block_start', index: 2, content_block: { type: 'tool_use', id: toolId, name: 'get_weather', input: {} } }),
-      sse('content_block_delta', { type: 'content_block_delta', index: 2, delta: { type: 'input_json_delta', partial_json: inputJson.slice(0, 9) } }),
-      sse('content_block_delta', { type: 'content_block_delta', index: 2, delta: { type: 'input_json_delta', partial_json: inputJson.slice(9) } }),
-      sse('content_block_stop', { type: 'content_block_stop', index: 2 }),
-      sse('message_delta', { type: 'message_delta', delta: { stop_reason: 'tool_use', stop_sequence: null, stop_details: null }, usage }),
-      EV_MESSAGE_STOP,
-    ];
-    report(requestId, { ...reported, output_tokens: 1 });
-    for (const event of events) {
-      if (res.destroyed || closed) return;
-      if (!res.write(event)) await waitDrain(res);
-    }
-    report(requestId, reported);
-    res.end();
+    return sendContent(res, requestId, body, model, msgId, content, 'tool_use', tokens, n + 20);
   }
 
   async function handleModels(res: ServerResponse, requestId: string, query: string, cut: boolean): Promise<void> {
