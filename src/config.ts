@@ -173,6 +173,17 @@ export const ConfigSchema = z.object({
     .prefault({}),
   adminToken: z.string().min(16, 'the admin token must be at least 16 characters').optional(),
   dataDir: z.string().min(1).default('./data'),
+  /**
+   * The gateway's public base URL (what clients type: https://claude.example.com), for the setup
+   * scripts it serves. Unset: derived from each request's Host (and X-Forwarded-* from
+   * `trustedProxies` only).
+   */
+  publicUrl: z.url().transform((u) => u.replace(/\/+$/, '')).optional(),
+  /**
+   * Addresses (IPs or CIDR ranges) of the reverse proxies in front of the gateway, whose
+   * X-Forwarded-Proto / X-Forwarded-Host the gateway believes. Anyone else's are ignored.
+   */
+  trustedProxies: z.array(z.string().min(1)).default([]),
   databaseUrl: z.string().optional(),
   redisUrl: z.string().optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -396,6 +407,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
     host: env.HOST,
     adminToken: env.CLAUDCODE_ADMIN_TOKEN,
     dataDir: env.CLAUDCODE_DATA_DIR,
+    publicUrl: env.CLAUDCODE_PUBLIC_URL,
     databaseUrl: env.DATABASE_URL,
     redisUrl: env.REDIS_URL,
     logLevel: env.CLAUDCODE_LOG_LEVEL,
@@ -443,6 +455,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
   for (const [name, value] of Object.entries(scaleOutFromEnv)) {
     if (value !== undefined) merged.scaleOut = { ...(merged.scaleOut as object | undefined), [name]: value };
   }
+  const proxies = listFromEnv(env.CLAUDCODE_TRUSTED_PROXIES);
+  if (proxies) merged.trustedProxies = proxies;
   try {
     merged.upstreams = upstreamsFromEnv(env, fromFile.upstreams);
   } catch (err) {
