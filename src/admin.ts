@@ -1,15 +1,15 @@
 /**
  * The admin API (/admin/...), behind the admin token: keys and usage reports. The CLI's --url
- * mode speaks to it; the same validation (KeyInput) serves both. Wrong tokens are throttled per
- * client address (admin-throttle.ts) and logged without the token.
+ * mode speaks to it; the same validation (KeyInput) serves both. The token check (admin-auth.ts)
+ * is shared with /metrics and the dashboard.
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import type { ModelCatalog } from './catalog.ts';
-import { AdminThrottle } from './admin-throttle.ts';
+import { sha256, type AdminAuth } from './admin-auth.ts';
 import { Duration, WindowDuration, type Config } from './config.ts';
-import { AuthenticationError, InvalidRequestError, NotFoundError, RateLimitError } from './errors.ts';
+import { InvalidRequestError, NotFoundError } from './errors.ts';
 import { createKey, describeKey, type KeyRegistry } from './keys.ts';
 import type { Logger } from './logger.ts';
 import type { GatewayEnv } from './pipeline.ts';
@@ -130,9 +130,6 @@ export function validateKeyInput(input: unknown, catalog: ModelCatalog, partial:
   };
 }
 
-function sha256(text: string): Buffer {
-  return createHash('sha256').update(text).digest();
-}
 
 /**
  * The admin token's hash: from CLAUDCODE_ADMIN_TOKEN, or the one generated at first start (whose
@@ -176,7 +173,8 @@ export interface AdminDeps {
   store: Store;
   keys: KeyRegistry;
   catalog: ModelCatalog;
-  adminTokenHash: Buffer;
+  /** The admin token check (shared with /metrics and the dashboard). */
+  auth: AdminAuth;
   logger: Logger;
   /** Subsystems' own admin routes (e.g. /cache), behind the same token check. */
   mount?: Array<[path: string, routes: Hono<GatewayEnv>]>;
@@ -186,32 +184,8 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
   const { store, keys, catalog, logger } = deps;
   const mcpServerNames = Object.keys(deps.config.mcpServers);
   const admin = new Hono<GatewayEnv>();
-  const throttle = new AdminThrottle(deps.config.adminThrottle);
 
-  admin.use('*', async (c, next) => {
-    // The socket's peer, not X-Forwarded-For: a header is whatever the client wants it to be.
-    const remoteAddress = c.env.incoming.socket.remoteAddress ?? 'unknown';
-    const now = Date.now();
-    const waitMs = throttle.retryAfterMs(remoteAddress, now);
-    if (waitMs > 0) {
-      throw new RateLimitError('Admin API: too many wrong admin tokens from this address. Try again later.', waitMs / 1000, {});
-    }
-    const match = /^Bearer\s+(.+)$/i.exec(c.req.header('authorization') ?? '');
-    const presented = match?.[1]?.trim();
-    if (!presented || !timingSafeEqual(sha256(presented), deps.adminTokenHash)) {
-      const { failures, throttleStarted } = throttle.recordFailure(remoteAddress, now);
-      logger.warn({ requestId: c.get('requestId'), remoteAddress, failures }, 'admin token rejected');
-      if (throttleStarted) {
-        logger.warn(
-          { remoteAddress, failures, retryAfterMs: throttle.retryAfterMs(remoteAddress, now) },
-          'admin token attempts throttled: refusing this address until its failures leave the window',
-        );
-      }
-      throw new AuthenticationError('Admin API: missing or wrong admin token (Authorization: Bearer <CLAUDCODE_ADMIN_TOKEN>).');
-    }
-    throttle.recordSuccess(remoteAddress);
-    await next();
-  });
+  admin.use('*', deps.auth.bearer());
 
   const readJson = readJsonBody;
 

@@ -2,7 +2,8 @@
 /**
  * The claudcode command line: `start` runs the gateway; `keys`, `usage` and `maintenance` manage
  * it, either on the configured store directly or on a running gateway's admin API (--url,
- * --admin-token).
+ * --admin-token); `init` scaffolds a client project for a gateway (src/setup/init.ts, which needs
+ * no gateway config and so runs before it is loaded).
  */
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
@@ -36,6 +37,7 @@ Usage:
   claudcode usage [--key ID] [--since 24h|ISO] [--until ISO] [--by model|key|day|upstream] [--json]
   claudcode cache stats|purge [--key ID] [--json]
   claudcode maintenance on|off|status [--json]
+  claudcode init [dir] [--url URL] [--key KEY] [--lang ts,py] [--yes] [--no-install] [--force]
 
 Key, usage and maintenance commands work on the configured store (CLAUDCODE_DATA_DIR, default
 ./data), or on a running gateway with --url URL --admin-token TOKEN (or CLAUDCODE_ADMIN_TOKEN).
@@ -46,7 +48,10 @@ off for the key, default uses the gateway's TTL. Keys with the same --cache-grou
 entries; none keeps them to the key alone.
 
 --mcp-servers names the attached MCP servers (config mcpServers) whose tools the key gets; none
-(or an empty value) removes them all. Keys have none unless given.`;
+(or an empty value) removes them all. Keys have none unless given.
+
+init writes a project that talks to Claude through a gateway (.env with ANTHROPIC_BASE_URL and
+ANTHROPIC_API_KEY, TypeScript and Python examples, a README); see claudcode init --help.`;
 
 type KeyView = ReturnType<typeof describeKey>;
 
@@ -415,6 +420,12 @@ async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   if (!command || command === 'help' || command === '--help' || command === '-h') {
     console.log(USAGE);
+    return;
+  }
+  if (command === 'init') {
+    // Client side: no gateway config to load. Exit codes 0, 1, 2 (see src/setup/init.ts).
+    const { runInit } = await import('./setup/init.ts');
+    process.exitCode = await runInit(rest);
     return;
   }
   const config = loadConfig();

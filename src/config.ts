@@ -246,6 +246,15 @@ export const ConfigSchema = z.object({
       redisPrefix: z.string().min(1).max(100).default('claudcode:'),
     })
     .prefault({}),
+  /** GET /metrics (Prometheus). */
+  metrics: z
+    .object({
+      /** Serve /metrics without the admin token (for a scraper on a private network). */
+      public: BoolFromEnv.default(false),
+      /** Label requests and tokens with the key's id too (one series per key: mind the cardinality). */
+      perKeyLabels: BoolFromEnv.default(false),
+    })
+    .prefault({}),
   /** On SIGTERM: how long in-flight requests get to finish before they are cut. */
   shutdownGraceMs: z.coerce.number().int().nonnegative().default(30_000),
   /**
@@ -447,6 +456,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<ConfigInpu
   }
   for (const [name, value] of Object.entries(failoverFromEnv)) {
     if (value !== undefined) merged.failover = { ...(merged.failover as object | undefined), [name]: value };
+  }
+  const metricsFromEnv = { public: envValue(env.CLAUDCODE_METRICS_PUBLIC), perKeyLabels: envValue(env.CLAUDCODE_METRICS_PER_KEY_LABELS) };
+  for (const [name, value] of Object.entries(metricsFromEnv)) {
+    if (value !== undefined) merged.metrics = { ...(merged.metrics as object | undefined), [name]: value };
   }
   const cacheFromEnv = { enabled: envValue(env.CLAUDCODE_CACHE), ttlSeconds: envValue(env.CLAUDCODE_CACHE_TTL) };
   for (const [name, value] of Object.entries(cacheFromEnv)) {

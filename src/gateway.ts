@@ -7,7 +7,9 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { Hono } from 'hono';
+import { AdminAuth } from './admin-auth.ts';
 import { adminRoutes, resolveAdminToken } from './admin.ts';
+import { GatewayMetrics } from './metrics.ts';
 import { openBackends, type Backends } from './backends.ts';
 import { cacheAdminRoutes } from './cache/admin.ts';
 import { CacheCounters } from './cache/stage.ts';
@@ -115,8 +117,16 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     maxQueued: config.maxQueuedUsageRecords,
     onDrop: (dropped, queued) => logger.error({ dropped, queued }, 'usage queue full while the store cannot be written: oldest records dropped'),
   });
-  const upstream = new UpstreamPool(config, { logger });
+  // Prometheus metrics: counters move at the pipeline's and the pool's own bookkeeping; gauges
+  // read state when scraped.
+  const metrics = new GatewayMetrics({
+    perKeyLabels: config.metrics.perKeyLabels,
+    sources: { inFlight: () => inFlight, cacheStats: () => cache.stats(), upstreams: () => upstream.states() },
+  });
+  const upstream = new UpstreamPool(config, { logger, onAttempt: (name, result, seconds) => metrics.upstreamAttempt(name, result, seconds) });
   const admin = await resolveAdminToken(store, config.adminToken);
+  // One admin token check for the admin API, /metrics and the dashboard (one throttle).
+  const adminAuth = new AdminAuth(config, admin.hash, logger);
   // The switch lives in the store (every instance follows it); CLAUDCODE_MAINTENANCE, when given, sets it.
   const maintenance = new MaintenanceMode(store, { logger });
   await maintenance.start(config.maintenance);
@@ -128,7 +138,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     maxToolOutputBytes: config.mcp.maxToolOutputBytes,
     toolListTtlMs: config.mcp.toolListTtlMs,
   });
-  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache, cacheCounters, mcp };
+  const services: GatewayServices = { config, logger, keys, limits, catalog, upstream, usage, cache, cacheCounters, mcp, metrics };
 
   if (!config.upstreams.some((u) => u.key)) {
     logger.warn('no upstream credential configured (ANTHROPIC_API_KEY or CLAUDCODE_UPSTREAM_KEY): upstream calls go out without one');
@@ -174,6 +184,13 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   app.notFound((c) => {
     const err = new NotFoundError(`Not found: ${c.req.method} ${c.req.path}`);
     return c.json(toErrorBody(err, c.get('requestId')), 404);
+  });
+
+  // Prometheus scrapes here: behind the admin token unless the operator made it public.
+  if (!config.metrics.public) app.use('/metrics', adminAuth.bearer('Metrics'));
+  app.get('/metrics', async (c) => {
+    const { contentType, body } = await metrics.render();
+    return c.body(body, 200, { 'content-type': contentType });
   });
 
   const health = (c: { json: (body: unknown) => Response }) =>
@@ -259,7 +276,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   app.route(
     '/admin',
     adminRoutes({
-      config, store, keys, catalog, adminTokenHash: admin.hash, logger,
+      config, store, keys, catalog, auth: adminAuth, logger,
       mount: [
         ['/cache', cacheAdminRoutes({ cache, counters: cacheCounters, keys: store, purges: backends.cachePurges })],
         ['/maintenance', maintenanceAdminRoutes(maintenance)],

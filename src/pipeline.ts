@@ -25,6 +25,7 @@ import { replaySse } from './cache/replay.ts';
 import { clip, InvalidRequestError, UpstreamError } from './errors.ts';
 import type { KeyRegistry } from './keys.ts';
 import type { McpConnections } from './mcp/types.ts';
+import type { GatewayMetrics } from './metrics.ts';
 import type { Admission, RateLimiter } from './limits/types.ts';
 import type { Logger } from './logger.ts';
 import { readScannedRequest, withModel, type ScannedRequest } from './request-body.ts';
@@ -48,6 +49,8 @@ export interface GatewayServices {
   upstream: UpstreamPool;
   /** The attached MCP servers (config mcpServers), for the tool loop and /mcp. */
   mcp: McpConnections;
+  /** Prometheus metrics (metrics.ts): every finished request is counted there. */
+  metrics: GatewayMetrics;
   usage: UsageRecorder;
 }
 
@@ -90,6 +93,8 @@ class RequestMeter {
   private readonly startedAt: number;
   private admission: Admission | undefined;
   private done = false;
+  /** The cache's decision, for the metrics: hit, miss, bypass, or none (never consulted). */
+  cacheStatus = 'none';
   /** What later stages acquired, released in reverse order when the request finishes. */
   private readonly releases: Array<() => void> = [];
 
@@ -151,13 +156,24 @@ class RequestMeter {
     const billed = billedOverride ?? (billable ? this.billable(usage) : 0);
     this.admission?.finish(billed);
     const now = Date.now();
+    const latencyMs = now - this.startedAt;
     this.services.logger.debug({ requestId: this.record.requestId, status, outcome, billed }, 'usage');
+    this.services.metrics.requestFinished({
+      keyId: this.record.keyId,
+      endpoint: this.record.endpoint,
+      model: this.record.model,
+      status,
+      outcome,
+      cache: this.cacheStatus,
+      latencyMs,
+      tokens: { input: usage.input_tokens, output: usage.output_tokens, cache_creation: usage.cache_creation_input_tokens, cache_read: usage.cache_read_input_tokens },
+    });
     this.services.usage.record({
       ...this.record,
       ts: now,
       status,
       outcome,
-      latencyMs: now - this.startedAt,
+      latencyMs,
       inputTokens: usage.input_tokens,
       outputTokens: usage.output_tokens,
       cacheCreationTokens: usage.cache_creation_input_tokens,
@@ -222,6 +238,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
       ? await consultCache(s.cacheCounters, s.cache, s.config.cache, key, { body: request.body, upstreamModel: model.upstream_id ?? model.id }, incoming.headers, Date.now())
       : NOT_CACHEABLE;
     meter.defer(cache.release);
+    meter.cacheStatus = cache.status.toLowerCase();
     if (cache.entry) return answerFromCache(c, s, meter, cache, request.stream);
 
     const maxTokens = request.maxTokens ?? 0;
@@ -301,6 +318,7 @@ async function serveWithTools(c: GatewayContext, s: GatewayServices, meter: Requ
   const requestId = c.get('requestId');
   const headers: PlainHeaders = { 'x-request-id': requestId, 'request-id': requestId, ...meter.rateLimitHeaders };
   if (s.config.cache.enabled) headers['x-cache'] = 'BYPASS';
+  meter.cacheStatus = s.config.cache.enabled ? 'bypass' : 'none';
   return runToolLoop(
     {
       body,

@@ -136,6 +136,8 @@ type Attempt = { reply: UpstreamReply; failure?: undefined } | { reply?: undefin
 
 export interface UpstreamPoolOptions {
   logger: Logger;
+  /** Each attempt's end: the upstream, `ok` or what failed (a status, connect_error, timeout, …), seconds taken. */
+  onAttempt?: (upstream: string, result: string, seconds: number) => void;
   clock?: () => number;
   random?: () => number;
 }
@@ -153,6 +155,7 @@ export class UpstreamPool {
   private readonly modelRouted: boolean;
   /** One line per upstream per 10 s about failed attempts, however many fail. */
   private readonly failureLogs = new Map<string, ReturnType<typeof throttled>>();
+  private readonly onAttempt: NonNullable<UpstreamPoolOptions['onAttempt']>;
 
   constructor(config: Pick<Config, 'upstreams' | 'upstreamTimeouts' | 'failover'>, options: UpstreamPoolOptions) {
     this.members = config.upstreams.map((u) => new Member(u, config));
@@ -161,6 +164,7 @@ export class UpstreamPool {
     this.logger = options.logger;
     this.clock = options.clock ?? Date.now;
     this.random = options.random ?? Math.random;
+    this.onAttempt = options.onAttempt ?? (() => {});
     this.modelRouted = this.members.some((m) => m.models);
     for (const m of this.members) this.failureLogs.set(m.name, throttled(10_000));
   }
@@ -250,6 +254,7 @@ export class UpstreamPool {
   /** One attempt at one upstream, its outcome reported to the upstream's breaker. */
   private async attempt(member: Member, request: UpstreamRequest, attempts: number): Promise<Attempt> {
     let attempt: Attempt;
+    const started = performance.now();
     try {
       attempt = await this.exchange(member, request, attempts);
     } catch (err) {
@@ -258,6 +263,7 @@ export class UpstreamPool {
       throw err;
     }
     const failure = attempt.failure;
+    this.onAttempt(member.name, failure ? attemptResult(failure) : 'ok', (performance.now() - started) / 1000);
     const before = member.breaker.state(this.clock());
     if (!failure) member.breaker.success();
     else if (failure.unhealthy) member.breaker.failure(this.clock());
@@ -327,6 +333,15 @@ export class UpstreamPool {
       ),
     );
   }
+}
+
+/** A failed attempt as a metric label: the upstream's status, or what kind of failure it was. */
+function attemptResult(failure: Failure): string {
+  if (failure.reply) return failure.reply.stream ? 'stream_error' : String(failure.reply.statusCode);
+  const err = failure.error;
+  if (isTimeout(err)) return 'timeout';
+  if (err instanceof Error && err.message.startsWith('The upstream')) return 'cut';
+  return 'connect_error';
 }
 
 function isEventStream(headers: UpstreamHeaders): boolean {

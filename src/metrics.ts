@@ -1,0 +1,145 @@
+/**
+ * Prometheus metrics (prom-client), served at GET /metrics.
+ *
+ * One registry per gateway, not prom-client's global one: several gateways in one process (the
+ * test suites) keep their own counts. Counters move where the request pipeline already does its
+ * bookkeeping — `RequestMeter.finish`, the one exit every metered request takes, and each
+ * upstream attempt in the pool — so a metric can never disagree with the usage records. Gauges
+ * that mirror state (in flight, cache size, breaker state) are read when Prometheus scrapes.
+ *
+ * Labels carry no key material. A key's id (never the key) is a label only when the operator
+ * turns `metrics.perKeyLabels` on: with thousands of keys it multiplies every series.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { CacheStats } from './cache/types.ts';
+import type { UpstreamState } from './upstream/pool.ts';
+
+/** What a finished request tells the metrics. */
+export interface FinishedRequest {
+  keyId: string;
+  endpoint: string;
+  model: string;
+  status: number;
+  outcome: string;
+  /** hit, miss, bypass, or none (count_tokens, refusals before the cache stage). */
+  cache: string;
+  latencyMs: number;
+  tokens: { input: number; output: number; cache_creation: number; cache_read: number };
+}
+
+export interface MetricsSources {
+  /** Requests being served now. */
+  inFlight: () => number;
+  cacheStats: () => Promise<Record<string, CacheStats>>;
+  upstreams: () => UpstreamState[];
+}
+
+/** Buckets (seconds) from a cache hit (~0.3 ms) to a long streamed answer (minutes). */
+const REQUEST_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+
+export class GatewayMetrics {
+  readonly registry = new Registry();
+  private readonly perKey: boolean;
+  private readonly requests: Counter;
+  private readonly tokens: Counter;
+  private readonly duration: Histogram;
+  private readonly upstreamDuration: Histogram;
+  private readonly upstreamAttempts: Counter;
+
+  constructor(options: { perKeyLabels: boolean; sources: MetricsSources }) {
+    this.perKey = options.perKeyLabels;
+    const registers = [this.registry];
+    const keyLabel = this.perKey ? ['key'] : [];
+    this.requests = new Counter({
+      name: 'claudcode_requests_total',
+      help: 'Metered API requests by model, endpoint, status, outcome and cache decision.',
+      labelNames: ['model', 'endpoint', 'status', 'outcome', 'cache', ...keyLabel],
+      registers,
+    });
+    this.tokens = new Counter({
+      name: 'claudcode_tokens_total',
+      help: 'Tokens by model and kind (input, output, cache_creation, cache_read), as upstream reported them.',
+      labelNames: ['model', 'kind', ...keyLabel],
+      registers,
+    });
+    this.duration = new Histogram({
+      name: 'claudcode_request_duration_seconds',
+      help: 'Time from a metered request arriving to its response ending (a stream: its last byte).',
+      labelNames: ['endpoint', 'model'],
+      buckets: REQUEST_BUCKETS,
+      registers,
+    });
+    this.upstreamDuration = new Histogram({
+      name: 'claudcode_upstream_duration_seconds',
+      help: "Time from sending an attempt upstream to its answer's headers (and first stream chunk).",
+      labelNames: ['upstream', 'result'],
+      buckets: REQUEST_BUCKETS,
+      registers,
+    });
+    this.upstreamAttempts = new Counter({
+      name: 'claudcode_upstream_attempts_total',
+      help: 'Upstream attempts by upstream and result (ok, or the failure that made the pool fail over).',
+      labelNames: ['upstream', 'result'],
+      registers,
+    });
+    const { sources } = options;
+    new Gauge({
+      name: 'claudcode_in_flight_requests',
+      help: 'Requests being served now (streams until their last byte).',
+      registers,
+      collect() {
+        this.set(sources.inFlight());
+      },
+    });
+    new Gauge({
+      name: 'claudcode_cache_entries',
+      help: 'Response cache entries, by tier.',
+      labelNames: ['tier'],
+      registers,
+      async collect() {
+        for (const [tier, stats] of Object.entries(await sources.cacheStats())) this.set({ tier }, stats.entries);
+      },
+    });
+    new Gauge({
+      name: 'claudcode_cache_bytes',
+      help: 'Response cache size in bytes, by tier.',
+      labelNames: ['tier'],
+      registers,
+      async collect() {
+        for (const [tier, stats] of Object.entries(await sources.cacheStats())) this.set({ tier }, stats.bytes);
+      },
+    });
+    new Gauge({
+      name: 'claudcode_upstream_up',
+      help: "1 while an upstream's circuit breaker lets requests through (closed or half-open), 0 while it is open.",
+      labelNames: ['upstream'],
+      registers,
+      collect() {
+        for (const u of sources.upstreams()) this.set({ upstream: u.name }, u.state === 'open' ? 0 : 1);
+      },
+    });
+    collectDefaultMetrics({ register: this.registry, prefix: 'claudcode_' });
+  }
+
+  /** A metered request ended (called once per request, from RequestMeter.finish). */
+  requestFinished(r: FinishedRequest): void {
+    const key = this.perKey ? { key: r.keyId } : {};
+    this.requests.inc({ model: r.model, endpoint: r.endpoint, status: String(r.status), outcome: r.outcome, cache: r.cache, ...key });
+    for (const kind of ['input', 'output', 'cache_creation', 'cache_read'] as const) {
+      const n = r.tokens[kind];
+      if (n > 0) this.tokens.inc({ model: r.model, kind, ...key }, n);
+    }
+    this.duration.observe({ endpoint: r.endpoint, model: r.model }, r.latencyMs / 1000);
+  }
+
+  /** One upstream attempt ended: `result` is ok, or the failure (e.g. 529, connect_error). */
+  upstreamAttempt(upstream: string, result: string, seconds: number): void {
+    this.upstreamAttempts.inc({ upstream, result });
+    this.upstreamDuration.observe({ upstream, result: result === 'ok' ? 'ok' : 'failure' }, seconds);
+  }
+
+  /** The text Prometheus scrapes. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
