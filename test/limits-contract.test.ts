@@ -198,6 +198,27 @@ describe.each(IMPLEMENTATIONS)('RateLimiter contract: $name', (impl) => {
       });
     });
 
+    describe('activity', () => {
+      it('counts each key\'s requests in flight and in the last minute, leaving idle keys out', async () => {
+        const a = keyRecord({ id: 'key_activity_a', rpm: 100, concurrent: 5 });
+        const b = keyRecord({ id: 'key_activity_b', rpm: 100, concurrent: 5 });
+        const idle = keyRecord({ id: 'key_activity_idle' });
+        const held = [await h.limiter.admit(a, T0, SOFT), await h.limiter.admit(a, T0 + 10, SOFT)];
+        (await h.limiter.admit(b, T0 + 20, SOFT)).finish(0);
+        const byKey = async (at: number) => Object.fromEntries((await h.limiter.activity([a.id, b.id, idle.id], at)).map((x) => [x.keyId, x]));
+        expect(await byKey(T0 + 30)).toEqual({
+          [a.id]: { keyId: a.id, inFlight: 2, lastMinute: 2 },
+          [b.id]: { keyId: b.id, inFlight: 0, lastMinute: 1 },
+        });
+        held[0]!.finish(0);
+        expect((await byKey(T0 + 40))[a.id]).toEqual({ keyId: a.id, inFlight: 1, lastMinute: 2 });
+        // A minute later only what is still in flight is left.
+        expect(await byKey(T0 + MINUTE + 25)).toEqual({ [a.id]: { keyId: a.id, inFlight: 1, lastMinute: 0 } });
+        held[1]!.finish(0);
+        expect(await h.limiter.activity([a.id, b.id, idle.id], T0 + MINUTE + 30)).toEqual([]);
+      });
+    });
+
     describe('concurrency', () => {
       it('refuses beyond the limit until finish() frees a slot; finish is idempotent', async () => {
         const { limiter } = h;

@@ -7,7 +7,7 @@
  */
 import type { BudgetBucket, KeyRecord } from '../store/types.ts';
 import { admittedHeaders, budgetRefusal, checkWholeBudget, concurrencyRefusal, reservedRefusal, rpmRefusal } from './refusals.ts';
-import type { Admission, AdmitOptions, BudgetStatus, RateLimiter, ReadBuckets } from './types.ts';
+import type { Admission, AdmitOptions, BudgetStatus, KeyActivity, RateLimiter, ReadBuckets } from './types.ts';
 
 const MINUTE_MS = 60_000;
 
@@ -179,6 +179,16 @@ export class Limits {
     return this.inFlight.get(keyId) ?? 0;
   }
 
+  activity(keyIds: readonly string[], now: number): KeyActivity[] {
+    const active: KeyActivity[] = [];
+    for (const keyId of keyIds) {
+      const inFlight = this.inFlight.get(keyId) ?? 0;
+      const lastMinute = this.logs.get(keyId)?.count(now) ?? 0;
+      if (inFlight > 0 || lastMinute > 0) active.push({ keyId, inFlight, lastMinute });
+    }
+    return active;
+  }
+
   /**
    * Throws when `wanted` more tokens do not fit the key's budget. Soft mode (`wanted` 0) refuses
    * only a budget already spent; strict mode also counts what requests in flight have reserved.
@@ -266,6 +276,10 @@ export class MemoryRateLimiter implements RateLimiter {
   async restoreWindow(key: KeyRecord, now: number, readBuckets: ReadBuckets): Promise<void> {
     const range = this.limits.missingRange(key.id, key.windowSeconds, now);
     if (range) this.limits.backfill(key.id, range, await readBuckets({ ...range, keyId: key.id }));
+  }
+
+  async activity(keyIds: readonly string[], now: number): Promise<KeyActivity[]> {
+    return this.limits.activity(keyIds, now);
   }
 
   async ping(): Promise<void> {}

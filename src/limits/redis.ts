@@ -43,7 +43,7 @@ import type { BudgetBucket, KeyRecord } from '../store/types.ts';
 import { connectRedis, describeRedis, quitRedis, throttled, type Redis } from './redis-client.ts';
 import { ADD_OLDER, ADMIT, BUDGET, FINISH, REFRESH, RESERVE, SWAP_MARKER } from './redis-scripts.ts';
 import { admittedHeaders, budgetRefusal, checkWholeBudget, concurrencyRefusal, reservedRefusal, rpmRefusal } from './refusals.ts';
-import type { Admission, AdmitOptions, BudgetStatus, RateLimiter, ReadBuckets } from './types.ts';
+import type { Admission, AdmitOptions, BudgetStatus, KeyActivity, RateLimiter, ReadBuckets } from './types.ts';
 
 const MINUTE_MS = 60_000;
 /** Budget data outlives its window by this much, so a bucket is pruned before it expires. */
@@ -129,6 +129,15 @@ class ScriptBatcher {
         setImmediate(() => this.flush());
       }
     });
+  }
+
+  /**
+   * Resolves once every call queued so far has been handed to the connection, so that a command
+   * issued after it reaches Redis after them (a read never overtakes an earlier finish).
+   */
+  sent(): Promise<void> {
+    // The flush was scheduled with setImmediate before this one: immediates run in order.
+    return this.scheduled ? new Promise((resolve) => setImmediate(resolve)) : Promise.resolve();
   }
 
   private flush(): void {
@@ -576,6 +585,34 @@ export class RedisRateLimiter implements RateLimiter {
     const range = covered === null ? { sinceMs: neededFrom * MINUTE_MS } : { sinceMs: neededFrom * MINUTE_MS, untilMs: Number(covered) * MINUTE_MS };
     const buckets = await readBuckets({ ...range, keyId: key.id });
     await this.addOlder(keys, neededFrom, buckets, windowMs + BUDGET_TTL_SLACK_MS);
+  }
+
+  /**
+   * Two counts per key: the rpm set's last minute, and the leases not yet expired (a killed
+   * instance's slots stop counting when their lease runs out). Sent as plain commands, which
+   * ioredis's auto-pipelining queues behind the finishes already sent (an explicit pipeline
+   * would overtake them).
+   */
+  async activity(keyIds: readonly string[], now: number): Promise<KeyActivity[]> {
+    await this.hot.sent();
+    let counts: Array<[number, number]>;
+    try {
+      counts = await Promise.all(
+        keyIds.map((keyId) => {
+          const keys = this.keysOf(keyId);
+          return Promise.all([this.redis.zcount(keys.rpm, `(${now - 60_000}`, '+inf'), this.redis.zcount(keys.lease, `(${now}`, '+inf')]);
+        }),
+      );
+    } catch (err) {
+      this.logger.warn({ err }, 'Redis unreachable: cannot read key activity');
+      throw new LimitsUnavailableError();
+    }
+    const active: KeyActivity[] = [];
+    keyIds.forEach((keyId, i) => {
+      const [lastMinute, inFlight] = counts[i]!;
+      if (inFlight > 0 || lastMinute > 0) active.push({ keyId, inFlight, lastMinute });
+    });
+    return active;
   }
 
   async ping(): Promise<void> {

@@ -15,6 +15,13 @@ export interface BudgetStatus {
   resetsInMs: number;
 }
 
+/** A key's traffic now: requests in flight and admitted in the last minute (its rpm used). */
+export interface KeyActivity {
+  keyId: string;
+  inFlight: number;
+  lastMinute: number;
+}
+
 /** One request's place in its key's limits, held from admission until `finish`. */
 export interface Admission {
   /** X-RateLimit-* headers for the response. */
@@ -66,6 +73,11 @@ export interface RateLimiter {
    * smaller. Idempotent, also across instances doing it at once.
    */
   restoreWindow(key: KeyRecord, now: number, readBuckets: ReadBuckets): Promise<void>;
+  /**
+   * Each key's requests in flight and in the last minute (the dashboard's Live page), over every
+   * instance where the limits are shared. Keys with neither are left out.
+   */
+  activity(keyIds: readonly string[], now: number): Promise<KeyActivity[]>;
   /** Answers when the limiter is usable (readiness probes); throws otherwise. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -24,7 +24,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { appendFileSync, chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import {
   envFile, isWritableKey, LANGS, MIN_NODE, normalizeGatewayUrl, projectFiles, type Lang, type ProjectFile,
@@ -96,7 +96,11 @@ export async function checkKey(url: string, key: string, timeoutMs = 10_000): Pr
     res = await fetch(`${url}/v1/key-status`, { headers: { 'x-api-key': key }, signal: AbortSignal.timeout(timeoutMs) });
   } catch (err) {
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    const why = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs / 1000} s` : cause?.code ?? cause?.message ?? (err as Error).message;
+    const why =
+      (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs / 1000} s`
+      // fetch (the SDKs' too) refuses ports such as 1, 6000 and 6667, as browsers do.
+      : cause?.message === 'bad port' ? 'a port fetch refuses to use: choose another'
+      : cause?.code ?? cause?.message ?? (err as Error).message;
     throw new InitError(`could not reach the gateway at ${url} (${why}): is it running, and is the URL right?`, 1);
   }
   const text = await res.text();
@@ -123,9 +127,10 @@ export async function checkKey(url: string, key: string, timeoutMs = 10_000): Pr
 /** One line about the key: its state, budget left and limits. */
 export function describeStatus(url: string, key: string, s: KeyStatus): string {
   const n = (v: number | undefined) => (v === undefined ? '?' : v.toLocaleString('en-US'));
-  const budget = s.budget
-    ? `${n(s.budget.remaining_tokens)} of ${n(s.budget.total_tokens)} tokens left (${s.budget.window ?? '?'} window, resets in ${s.budget.resets_in ?? '?'})`
-    : 'budget unknown';
+  const b = s.budget;
+  // Nothing used yet: nothing to reset.
+  const resets = b && b.remaining_tokens !== b.total_tokens ? `, resets in ${b.resets_in ?? '?'}` : '';
+  const budget = b ? `${n(b.remaining_tokens)} of ${n(b.total_tokens)} tokens left (${b.window ?? '?'} window${resets})` : 'budget unknown';
   const limits = s.rate_limit ? `; ${n(s.rate_limit.rpm)} requests/min, ${n(s.rate_limit.concurrent)} at a time` : '';
   return `Key ${s.key ?? keyPreview(key)} at ${url}: ${s.status ?? 'unknown'}, ${budget}${limits}.`;
 }
@@ -287,7 +292,9 @@ async function init(argv: string[], io: InitIo): Promise<void> {
   } catch (err) {
     throw new InitError(`could not write the project in ${dir}: ${(err as Error).message}`, 1);
   }
-  const where = relative(io.cwd, dir) || '.';
+  // How to name the folder in what is printed: relative below the current folder, else absolute.
+  const below = relative(io.cwd, dir);
+  const where = below === '' ? '.' : below.startsWith('..') || isAbsolute(below) ? dir : below;
   if (written.length) io.out(`Wrote in ${where}: ${written.join(', ')}`);
   if (kept.length) io.out(`Kept (already there; --force replaces them): ${kept.join(', ')}`);
   for (const note of notes) io.out(note);
@@ -305,10 +312,9 @@ async function init(argv: string[], io: InitIo): Promise<void> {
   }
   if (ts) {
     const version = io.nodeVersion();
-    if (version === null) io.err(`warning: no node on PATH; the TypeScript examples need Node.js ${MIN_NODE} or later`);
-    else if (compareVersions(version, MIN_NODE) < 0) {
-      io.err(`warning: the node on PATH is ${version}; the TypeScript examples need Node.js ${MIN_NODE} or later (type stripping)`);
-    }
+    const need = `the TypeScript examples need Node.js ${MIN_NODE} or later (https://nodejs.org)`;
+    if (version === null) io.err(`warning: no node on PATH; ${need}`);
+    else if (compareVersions(version, MIN_NODE) < 0) io.err(`warning: the node on PATH is ${version}; ${need}`);
   }
 
   // What to run next.
