@@ -16,7 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { parseArgs } from 'node:util';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
+import type { ReportGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
 import { seededRandom } from '../test/random.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1000000' }, runs: { type: 'string', default: '5' } } });
@@ -99,10 +99,11 @@ function usageRecord(ts: number): UsageRecord {
 }
 
 /** The aggregate the store ran before the rollup: one GROUP BY over the raw usage rows. */
-const OLD_GROUP: Record<UsageGrouping, string> = {
+const OLD_GROUP: Record<ReportGrouping, string> = {
   model: 'model',
   key: 'key_id',
   day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')",
+  hour: "strftime('%Y-%m-%dT%H:00Z', ts / 1000, 'unixepoch')", // no such grouping then either
   upstream: 'upstream', // no such grouping then; the same aggregate over today's column
 };
 function oldReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {

@@ -8,6 +8,8 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { MCP_SERVER_NAME, McpServerConfig } from './mcp/types.ts';
+import { TrustedProxies } from './setup/public-url.ts';
+import { normalizeGatewayUrl } from './setup/templates.ts';
 
 const TokenPrices = z.object({
   /** US dollars per million tokens. */
@@ -178,12 +180,32 @@ export const ConfigSchema = z.object({
    * scripts it serves. Unset: derived from each request's Host (and X-Forwarded-* from
    * `trustedProxies` only).
    */
-  publicUrl: z.url().transform((u) => u.replace(/\/+$/, '')).optional(),
+  publicUrl: z
+    .string()
+    .transform((u, ctx) => {
+      // Embedded in the setup scripts: http(s), no query, only characters a script needs no quoting for.
+      try {
+        return normalizeGatewayUrl(u);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    })
+    .optional(),
   /**
    * Addresses (IPs or CIDR ranges) of the reverse proxies in front of the gateway, whose
    * X-Forwarded-Proto / X-Forwarded-Host the gateway believes. Anyone else's are ignored.
    */
-  trustedProxies: z.array(z.string().min(1)).default([]),
+  trustedProxies: z
+    .array(z.string().min(1))
+    .default([])
+    .superRefine((entries, ctx) => {
+      try {
+        new TrustedProxies(entries);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      }
+    }),
   databaseUrl: z.string().optional(),
   redisUrl: z.string().optional(),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

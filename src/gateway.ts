@@ -16,6 +16,7 @@ import { CacheCounters } from './cache/stage.ts';
 import { ModelCatalog, modelObject } from './catalog.ts';
 import { MAX_WINDOW_SECONDS, type Config } from './config.ts';
 import { GatewayError, InternalError, MaintenanceError, NotFoundError, toErrorBody } from './errors.ts';
+import { dashboardRoutes } from './dashboard/routes.ts';
 import { clientErrorHandler, httpServerOptions, newRequestId } from './http-server.ts';
 import { KeyRegistry, keyStatusReport } from './keys.ts';
 import type { RateLimiter } from './limits/types.ts';
@@ -24,6 +25,7 @@ import { MaintenanceMode, maintenanceAdminRoutes } from './maintenance.ts';
 import { AttachedMcpServers } from './mcp/connections.ts';
 import { mcpRoutes } from './mcp/server.ts';
 import { authenticateRequest, handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
+import { setupScriptRoutes } from './setup/routes.ts';
 import type { KeyRecord, Store } from './store/types.ts';
 import { UpstreamPool } from './upstream/pool.ts';
 import { UsageRecorder } from './usage.ts';
@@ -197,6 +199,8 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     c.json({ status: maintenance.enabled ? 'maintenance' : 'ok' });
   app.get('/health', health);
   app.get('/healthz', health);
+  // Client setup scripts (no auth, no secret in them; not /v1, so maintenance mode leaves them be).
+  app.route('/', setupScriptRoutes(config));
 
   // Readiness: can this instance serve? The store and the limiter must answer (each within a
   // second); no auth, so it names no hosts or credentials.
@@ -281,6 +285,18 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
         ['/cache', cacheAdminRoutes({ cache, counters: cacheCounters, keys: store, purges: backends.cachePurges })],
         ['/maintenance', maintenanceAdminRoutes(maintenance)],
       ],
+    }),
+  );
+
+  // The operator's web dashboard: admin token → session cookie (src/dashboard/).
+  app.route(
+    '/dashboard',
+    dashboardRoutes({
+      config, store, keys, limits, catalog, auth: adminAuth, adminTokenHash: admin.hash, logger,
+      upstreams: () => upstream.states(),
+      maintenance: () => maintenance.state,
+      mode: backends.mode,
+      inFlight: () => inFlight,
     }),
   );
 

@@ -192,11 +192,11 @@ describe('claudcode init: choices and failures', () => {
     writeFileSync(join(dir, 'message.ts'), '// mine\n');
     writeFileSync(join(dir, '.env'), 'ANTHROPIC_API_KEY=old\n', { mode: 0o644 });
     const kept = await init([dir, '--yes', '--url', stack.url, '--key', key, '--no-install', '--lang', 'ts']);
-    expect(kept.code, kept.stderr).toBe(0);
+    expect(kept.code).toBe(0);
     expect(readFileSync(join(dir, 'message.ts'), 'utf8')).toBe('// mine\n');
     expect(kept.stdout).toContain('Kept (already there; --force replaces them): .env, message.ts');
     // The existing .env is kept, its other value too; the missing variable is added.
-    expect(kept.stdout).toContain('warning: the existing .env sets ANTHROPIC_API_KEY to another value');
+    expect(kept.stderr).toBe('warning: the existing .env sets ANTHROPIC_API_KEY to another value (kept; --force replaces .env)\n');
     expect(kept.stdout).toContain('Added ANTHROPIC_BASE_URL to the existing .env.');
     expect(readFileSync(join(dir, '.env'), 'utf8')).toBe(`ANTHROPIC_API_KEY=old\nANTHROPIC_BASE_URL=${stack.url}\n`);
     expect(listing(dir)).toEqual(['.env', '.gitignore', 'README.md', 'message.ts', 'package.json', 'search.ts', 'stream.ts']);
@@ -274,7 +274,7 @@ describe('claudcode init: choices and failures', () => {
   });
 });
 
-describe('claudcode init: the prompts', () => {
+describe('claudcode init in process: prompts and npm install', () => {
   function io(answers: { url?: string; keys: string[] }, cwd: string) {
     const out: string[] = [];
     const err: string[] = [];
@@ -311,6 +311,27 @@ describe('claudcode init: the prompts', () => {
     expect(t.err.join('\n')).toContain('warning: the node on PATH is v20.0.0; the TypeScript examples need Node.js 22.18 or later (https://nodejs.org)');
     expect(readFileSync(join(dir, '.env'), 'utf8')).toContain(`ANTHROPIC_API_KEY=${key}\n`);
     expect([...t.out, ...t.err].join('\n')).not.toContain(key);
+  });
+
+  it('runs npm install in the folder (TypeScript only); a failed install is exit 1 with the files written', async () => {
+    const { key } = await stack.newKey({ name: 'install' });
+    const installs: string[] = [];
+    const ok = io({ keys: [] }, tmp);
+    ok.io.install = (dir) => (installs.push(dir), 0);
+    const dir = freshDir();
+    expect(await runInit([dir, '--yes', '--url', stack.url, '--key', key], ok.io)).toBe(0);
+    expect(installs).toEqual([dir]);
+    expect(ok.out.join('\n')).toMatch(/Next:\n {2}cd .* && npm start {6}#/);
+
+    const failed = io({ keys: [] }, tmp);
+    failed.io.install = () => 7;
+    const dir2 = freshDir();
+    expect(await runInit([dir2, '--yes', '--url', stack.url, '--key', key], failed.io)).toBe(1);
+    expect(failed.err.join('\n')).toContain(`npm install failed (exit 7) in ${dir2}. The files are written`);
+    expect(listing(dir2)).toEqual(ALL_FILES);
+
+    const py = io({ keys: [] }, tmp);
+    expect(await runInit([freshDir(), '--yes', '--url', stack.url, '--key', key, '--lang', 'py'], py.io)).toBe(0);
   });
 
   it('--yes asks nothing, even in a terminal', async () => {

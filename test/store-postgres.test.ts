@@ -17,11 +17,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/logger.ts';
 import { describeDatabaseUrl, PostgresStore, type PostgresOptions } from '../src/store/postgres.ts';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/postgres-schema.ts';
-import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
+import type { ReportGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
 import {
   randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, startTcpProxy, usageRecordAt, withUpstreams, type TcpProxy,
 } from './fixtures.ts';
 import { createTestDatabase, POSTGRES_ADMIN_URL, services } from './services.ts';
+import {
+  ALL_ROLLUPS, recordFromRow, rollupReference, rollupRowsSql, seriesReference, sortRollupRows, USAGE_TABLE_COLUMNS, type RollupRow,
+  type UsageTableRow,
+} from './usage-reference.ts';
 
 const HOUR = 3_600_000;
 const T = Date.UTC(2026, 2, 10, 12, 0, 0); // 2026-03-10 12:00 UTC
@@ -81,16 +85,19 @@ function viaProxy(url: string, proxy: TcpProxy): string {
 const NUMERIC_FIELDS = ['requests', 'errors', 'cachedRequests', 'inputTokens', 'outputTokens', 'cacheCreationTokens', 'cacheReadTokens', 'billedTokens', 'savedTokens', 'totalLatencyMs'] as const;
 
 /** The reference: one aggregate over the raw usage rows, each counted as `requests` requests, sorted bytewise. */
-const RAW_GROUP: Record<UsageGrouping, string> = {
+const RAW_GROUP: Record<ReportGrouping, string> = {
   model: 'model',
   key: 'key_id',
   day: "to_char(to_timestamp(ts / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+  hour: `to_char(to_timestamp(ts / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:00"Z"')`,
   upstream: 'upstream',
 };
 async function rawReport(client: pg.Client, query: UsageQuery): Promise<UsageRow[]> {
   const where: string[] = [];
   const values: unknown[] = [];
   if (query.keyId !== undefined) where.push(`key_id = $${values.push(query.keyId)}`);
+  if (query.model !== undefined) where.push(`model = $${values.push(query.model)}`);
+  if (query.upstream !== undefined) where.push(`upstream = $${values.push(query.upstream)}`);
   if (query.sinceMs !== undefined) where.push(`ts >= $${values.push(query.sinceMs)}`);
   if (query.untilMs !== undefined) where.push(`ts < $${values.push(query.untilMs)}`);
   const { rows } = await client.query<Record<string, string>>(
@@ -137,7 +144,7 @@ function withSavedTokens(records: UsageRecord[], rand: () => number): UsageRecor
   return records.map((r) => (r.cached || rand() < 0.05 ? { ...r, savedTokens: Math.floor(rand() * 8000) } : r));
 }
 
-/** Every summed column of the rollups, as a fresh aggregate of the raw rows computes it. */
+/** The summed columns the rollups had before migration 6, as a fresh aggregate of the raw rows computes them (old rollups' contents). */
 const ROLLUP_COLUMNS: Record<string, string> = {
   requests: 'SUM(requests)',
   errors: "SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END)",
@@ -151,20 +158,23 @@ const ROLLUP_COLUMNS: Record<string, string> = {
   latency_ms: 'SUM(latency_ms)',
 };
 
-/** Each rollup equals a fresh aggregate of the raw rows, group by group (period, key, model, upstream). */
+/** The raw usage rows, as records. */
+async function storedRecords(client: pg.Client): Promise<UsageRecord[]> {
+  return (await client.query<UsageTableRow>(`SELECT ${USAGE_TABLE_COLUMNS} FROM usage`)).rows.map(recordFromRow);
+}
+
+/**
+ * Each rollup (per key and over all keys, hourly and daily) equals the raw rows aggregated afresh
+ * in JavaScript (usage-reference.ts), group by group and column by column: the sums, the error
+ * kinds and the latency histogram.
+ */
 async function expectRollupsExact(url: string): Promise<void> {
   await withClient(url, async (client) => {
-    for (const [table, period, ms] of [['usage_hourly', 'hour', HOUR], ['usage_daily', 'day', 24 * HOUR]] as const) {
-      const columns = Object.keys(ROLLUP_COLUMNS);
-      const { rows } = await client.query(
-        `WITH fresh AS (
-           SELECT floor(ts::numeric / ${ms})::bigint AS p, key_id, model, upstream, ${columns.map((c) => `${ROLLUP_COLUMNS[c]} AS ${c}`).join(', ')}
-           FROM usage GROUP BY 1, 2, 3, 4)
-         SELECT * FROM fresh FULL JOIN ${table} r
-           ON r.${period} = fresh.p AND r.key_id = fresh.key_id AND r.model = fresh.model AND r.upstream = fresh.upstream
-         WHERE fresh.p IS NULL OR r.${period} IS NULL OR ${columns.map((c) => `r.${c} <> fresh.${c}`).join(' OR ')}`,
-      );
-      expect(rows, `${table} differs from the raw rows`).toEqual([]);
+    const records = await storedRecords(client);
+    for (const rollup of ALL_ROLLUPS) {
+      const { rows } = await client.query<RollupRow>(rollupRowsSql(rollup));
+      const rolled = sortRollupRows(rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === 'string' && !rollup.dimensions.includes(k as never) ? Number(v) : v]))), rollup);
+      expect(rolled, `${rollup.table} differs from the raw rows`).toEqual(rollupReference(records, rollup));
     }
   });
 }
@@ -196,7 +206,7 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
       const tables = await withClient(url, (c) =>
         c.query<{ tablename: string }>("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").then((r) => r.rows.map((x) => x.tablename)),
       );
-      expect(tables).toEqual(['keys', 'keys_generation', 'meta', 'schema_version', 'usage', 'usage_daily', 'usage_hourly']);
+      expect(tables).toEqual(['keys', 'keys_generation', 'meta', 'schema_version', 'usage', 'usage_daily', 'usage_daily_total', 'usage_hourly', 'usage_hourly_total']);
       const indexes = await withClient(url, (c) =>
         c.query<{ indexdef: string }>("SELECT indexdef FROM pg_indexes WHERE tablename = 'usage'").then((r) => r.rows.map((x) => x.indexdef)),
       );
@@ -219,13 +229,16 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
         { table_name: 'keys', column_name: 'cache_group', data_type: 'text', is_nullable: 'YES', column_default: null },
         { table_name: 'keys', column_name: 'cache_ttl_seconds', data_type: 'bigint', is_nullable: 'YES', column_default: null },
         { table_name: 'keys', column_name: 'mcp_servers', data_type: 'text', is_nullable: 'NO', column_default: "'[]'::text" },
-        ...['usage', 'usage_daily', 'usage_hourly'].flatMap((table_name) => [
+        ...['usage', 'usage_daily', 'usage_daily_total', 'usage_hourly', 'usage_hourly_total'].flatMap((table_name) => [
           { table_name, column_name: 'saved_tokens', data_type: 'bigint', is_nullable: 'NO', column_default: '0' },
-          { table_name, column_name: 'upstream', data_type: 'text', is_nullable: 'NO', column_default: "''::text" },
+          // The totals' upstream is part of their key from the start: no default.
+          { table_name, column_name: 'upstream', data_type: 'text', is_nullable: 'NO', column_default: table_name.endsWith('_total') ? null : "''::text" },
         ]),
       ]);
       expect(await primaryKey(url, 'usage_hourly')).toEqual(['hour', 'key_id', 'model', 'upstream']);
       expect(await primaryKey(url, 'usage_daily')).toEqual(['day', 'key_id', 'model', 'upstream']);
+      expect(await primaryKey(url, 'usage_hourly_total')).toEqual(['hour', 'model', 'upstream']);
+      expect(await primaryKey(url, 'usage_daily_total')).toEqual(['day', 'model', 'upstream']);
     });
 
     it('stores opening one fresh database at once all succeed, and migrate it once', async () => {
@@ -274,8 +287,10 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
                               cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests)
            SELECT gen_random_uuid(), $1::bigint - 86400000 + (i * 576007) % 172800000, CASE WHEN i % 3 = 0 THEN 'key_plain' ELSE 'key_old' END,
                   'req_old_' || i, 'messages', CASE WHEN i % 2 = 0 THEN 'claude-sonnet-4-6' ELSE 'claude-haiku-4-5' END,
-                  CASE WHEN i % 7 = 0 THEN 429 ELSE 200 END, i, 2 * i, 1, 0, 3 * i + 1, 50 + i, i % 11 = 0, true,
-                  CASE WHEN i % 7 = 0 THEN 'rejected' ELSE 'ok' END, CASE WHEN i % 13 = 0 THEN 4 ELSE 1 END
+                  (ARRAY[200, 200, 200, 429, 400, 529, 502, 500, 499, 200, 200])[i % 11 + 1], i, 2 * i, 1, 0, 3 * i + 1,
+                  floor(exp(((i * 7919) % 1000) / 1000.0 * ln(600000)))::bigint, i % 11 = 0, true,
+                  (ARRAY['ok', 'ok', 'ok', 'rejected', 'rejected', 'error', 'error', 'error', 'client_closed', 'client_closed', 'upstream_cut'])[i % 11 + 1],
+                  CASE WHEN i % 13 = 0 THEN 4 ELSE 1 END
            FROM generate_series(0, 299) AS i`,
           [T],
         );
@@ -321,6 +336,20 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
           }
           expect(await primaryKey(url, 'usage_hourly')).toEqual(['hour', 'key_id', 'model', 'upstream']);
           await expectRollupsExact(url);
+          // The old rows' failures and latencies are in the rollups (counted from them by migration 6), and series read them exactly.
+          const kinds = await withClient(url, (c) => c.query(
+            'SELECT SUM(err_upstream_error) AS upstream, SUM(err_client_closed) AS closed, SUM(lat_le_10) AS fast, SUM(lat_over) AS slow FROM usage_daily_total',
+          ).then((r) => r.rows[0] as Record<string, string>));
+          expect(Object.values(kinds).every((n) => Number(n) > 0), JSON.stringify(kinds)).toBe(true);
+          const old = await withClient(url, storedRecords);
+          for (const query of [
+            { sinceMs: T - 48 * HOUR, untilMs: T + 48 * HOUR, bucket: 'day' as const },
+            { sinceMs: T - 19 * HOUR + 17, untilMs: T + 3 * HOUR + 5, bucket: 'hour' as const },
+            { sinceMs: T - 24 * HOUR, untilMs: T + 24 * HOUR, bucket: 'day' as const, keyId: 'key_old' },
+            { sinceMs: T - HOUR - 5, untilMs: T + HOUR, bucket: 'minute' as const },
+          ]) {
+            expect(await store.usageSeries(query), JSON.stringify(query)).toEqual(seriesReference(old, query));
+          }
           await withClient(url, async (client) => {
             for (const by of ['model', 'key', 'day', 'upstream'] as const) {
               for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - 24 * HOUR, untilMs: T + 3 * HOUR + 5 }]) {
@@ -429,6 +458,32 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
         if (expected.length) nonEmpty++;
       }
       expect(nonEmpty).toBeGreaterThan(300);
+    });
+
+    it('equals the raw aggregate by UTC hour, and narrowed to a model or an upstream, for random ranges', async () => {
+      let nonEmpty = 0;
+      for (let i = 0; i < 300; i++) {
+        const query: UsageQuery = { ...randomReportQuery(rand, { ...span, records }) };
+        if (i % 3 === 0) query.by = 'hour';
+        if (rand() < 0.4) query.model = span.models[Math.floor(rand() * span.models.length)]!;
+        if (rand() < 0.4) query.upstream = ['', 'anthropic-main', 'backup-eu', 'none-such'][Math.floor(rand() * 4)]!;
+        const expected = await rawReport(raw, query);
+        expect(await stores[i % 3]!.usageReport(query), JSON.stringify(query)).toEqual(expected);
+        if (expected.length) nonEmpty++;
+      }
+      expect(nonEmpty).toBeGreaterThan(150);
+    });
+
+    it('gives series equal to the raw records for random ranges, buckets and filters', async () => {
+      for (let i = 0; i < 120; i++) {
+        const { sinceMs, untilMs, keyId } = randomReportQuery(rand, { ...span, records });
+        const bucket = (['minute', 'hour', 'day'] as const)[i % 3]!;
+        const query = {
+          sinceMs: sinceMs ?? span.start - 24 * HOUR, untilMs: untilMs ?? span.end + 24 * HOUR, bucket, ...(keyId === undefined ? {} : { keyId }),
+          ...(rand() < 0.2 ? { model: span.models[0]! } : {}), ...(rand() < 0.2 ? { upstream: '' } : {}),
+        };
+        expect(await stores[i % 3]!.usageSeries(query), JSON.stringify(query)).toEqual(seriesReference(records, query));
+      }
     });
 
     it('groups by upstream from the rollups as the raw rows do: a group per name, and \'\' for requests no upstream served', async () => {

@@ -12,8 +12,12 @@ import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/schema.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { UsageGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
+import type { ReportGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
 import { randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, tempDirs, usageRecordAt, withUpstreams } from './fixtures.ts';
+import {
+  ALL_ROLLUPS, recordFromRow, rollupReference, rollupRowsSql, seriesReference, sortRollupRows, USAGE_TABLE_COLUMNS, type RollupRow,
+  type UsageTableRow,
+} from './usage-reference.ts';
 
 const HOUR = 3_600_000;
 const DAY = 86_400_000;
@@ -24,11 +28,15 @@ const usage = (over: Partial<UsageRecord> = {}) => usageRecordAt({ ts: T, keyId:
 const random = seededRandom;
 
 /** The reference: one aggregate over the raw usage rows, each counted as `requests` requests. */
-const RAW_GROUP: Record<UsageGrouping, string> = { model: 'model', key: 'key_id', day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')", upstream: 'upstream' };
+const RAW_GROUP: Record<ReportGrouping, string> = {
+  model: 'model', key: 'key_id', day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')", hour: "strftime('%Y-%m-%dT%H:00Z', ts / 1000, 'unixepoch')", upstream: 'upstream',
+};
 function rawReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {
   const where: string[] = [];
   const params: SQLInputValue[] = [];
   if (query.keyId !== undefined) (where.push('key_id = ?'), params.push(query.keyId));
+  if (query.model !== undefined) (where.push('model = ?'), params.push(query.model));
+  if (query.upstream !== undefined) (where.push('upstream = ?'), params.push(query.upstream));
   if (query.sinceMs !== undefined) (where.push('ts >= ?'), params.push(query.sinceMs));
   if (query.untilMs !== undefined) (where.push('ts < ?'), params.push(query.untilMs));
   const rows = db.prepare(`
@@ -44,18 +52,21 @@ function rawReport(db: DatabaseSync, query: UsageQuery): UsageRow[] {
   return rows.map((row) => ({ ...row }) as unknown as UsageRow);
 }
 
-/** Each rollup table equals a fresh aggregate of the raw rows, group by group (period, key, model, upstream) and column by column. */
+/** The raw usage rows, as records. */
+function storedRecords(db: DatabaseSync): UsageRecord[] {
+  return db.prepare(`SELECT ${USAGE_TABLE_COLUMNS} FROM usage`).all().map((row) => recordFromRow(row as unknown as UsageTableRow));
+}
+
+/**
+ * Each rollup table (per key and over all keys, hourly and daily) equals the raw rows aggregated
+ * afresh in JavaScript (usage-reference.ts), group by group and column by column: the sums, the
+ * error kinds and the latency histogram.
+ */
 function expectRollupsExact(db: DatabaseSync): void {
-  const sums = `SUM(requests) AS requests,
-    SUM(CASE WHEN status >= 400 OR outcome <> 'ok' THEN requests ELSE 0 END) AS errors,
-    SUM(cached * requests) AS cached_requests, SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
-    SUM(cache_creation_tokens) AS cache_creation_tokens, SUM(cache_read_tokens) AS cache_read_tokens,
-    SUM(billed_tokens) AS billed_tokens, SUM(saved_tokens) AS saved_tokens, SUM(latency_ms) AS latency_ms`;
-  const columns = 'requests, errors, cached_requests, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, saved_tokens, latency_ms';
-  for (const [table, period, ms] of [['usage_hourly', 'hour', HOUR], ['usage_daily', 'day', DAY]] as const) {
-    const fresh = db.prepare(`SELECT ts / ${ms} - (ts % ${ms} < 0) AS p, key_id, model, upstream, ${sums} FROM usage GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4`).all();
-    const rolled = db.prepare(`SELECT ${period} AS p, key_id, model, upstream, ${columns} FROM ${table} ORDER BY 1, 2, 3, 4`).all();
-    expect(rolled.map((r) => ({ ...r })), `${table} differs from the raw rows`).toEqual(fresh.map((r) => ({ ...r })));
+  const records = storedRecords(db);
+  for (const rollup of ALL_ROLLUPS) {
+    const rolled = sortRollupRows(db.prepare(rollupRowsSql(rollup)).all().map((r) => ({ ...r }) as RollupRow), rollup);
+    expect(rolled, `${rollup.table} differs from the raw rows`).toEqual(rollupReference(records, rollup));
   }
 }
 
@@ -101,6 +112,32 @@ describe('usage reports from the rollups', () => {
       if (expected.length) nonEmpty++;
     }
     expect(nonEmpty).toBeGreaterThan(300);
+  });
+
+  it('equals the raw aggregate by UTC hour, and narrowed to a model or an upstream, for random ranges', async () => {
+    let nonEmpty = 0;
+    for (let i = 0; i < 300; i++) {
+      const query: UsageQuery = { ...randomReportQuery(rand, { ...span, records }) };
+      if (i % 3 === 0) query.by = 'hour';
+      if (rand() < 0.4) query.model = span.models[Math.floor(rand() * span.models.length)]!;
+      if (rand() < 0.4) query.upstream = ['', 'anthropic-main', 'backup-eu', 'none-such'][Math.floor(rand() * 4)]!;
+      const expected = rawReport(raw, query);
+      expect(await store.usageReport(query), JSON.stringify(query)).toEqual(expected);
+      if (expected.length) nonEmpty++;
+    }
+    expect(nonEmpty).toBeGreaterThan(150);
+  });
+
+  it('gives series equal to the raw records for random ranges, buckets and filters', async () => {
+    for (let i = 0; i < 120; i++) {
+      const { sinceMs, untilMs, keyId } = randomReportQuery(rand, { ...span, records });
+      const bucket = (['minute', 'hour', 'day'] as const)[i % 3]!;
+      const query = {
+        sinceMs: sinceMs ?? span.start - DAY, untilMs: untilMs ?? span.end + DAY, bucket, ...(keyId === undefined ? {} : { keyId }),
+        ...(rand() < 0.2 ? { model: span.models[0]! } : {}), ...(rand() < 0.2 ? { upstream: '' } : {}),
+      };
+      expect(await store.usageSeries(query), JSON.stringify(query)).toEqual(seriesReference(records, query));
+    }
   });
 
   it('groups by upstream from the rollups as the raw rows do: a group per name, and \'\' for requests no upstream served', async () => {
@@ -155,6 +192,18 @@ function primaryKey(db: DatabaseSync, table: string): string[] {
 }
 
 /**
+ * Status, outcome and latency of the i-th row an older claudcode wrote: every failure kind, and
+ * latencies from 1 ms to several minutes (every histogram bucket), so that migration 8's counts
+ * from the raw rows are checked in every column.
+ */
+function oldRow(i: number): { status: number; outcome: string; latency: number } {
+  const shapes = [[200, 'ok'], [200, 'ok'], [200, 'ok'], [429, 'rejected'], [400, 'rejected'], [529, 'error'], [502, 'error'], [500, 'error'],
+    [499, 'client_closed'], [200, 'client_closed'], [200, 'upstream_cut']] as const;
+  const [status, outcome] = shapes[i % shapes.length]!;
+  return { status, outcome, latency: Math.floor(Math.exp((((i * 7919) % 1000) / 1000) * Math.log(600_000))) };
+}
+
+/**
  * The schema the store created before it was versioned (user_version 0): migration 1 is that
  * schema verbatim (see schema.ts), so a file made with it alone is such an unversioned file.
  */
@@ -178,8 +227,9 @@ describe('schema migrations', () => {
     const rand = random(7);
     for (let i = 0; i < 500; i++) {
       const ts = T - DAY + Math.floor(rand() * 2 * DAY);
+      const { status, outcome, latency } = oldRow(i);
       insertOld.run(ts, i % 3 ? 'key_old' : 'key_gone', `req_old_${i}`, 'messages', i % 2 ? 'claude-haiku-4-5' : 'claude-sonnet-4-6',
-        i % 7 ? 200 : 429, i, 2 * i, 1, 0, 3 * i + 1, 50 + i, i % 11 ? 0 : 1, 1, i % 7 ? 'ok' : 'rejected');
+        status, i, 2 * i, 1, 0, 3 * i + 1, latency, i % 11 ? 0 : 1, 1, outcome);
     }
     expect((old.prepare('PRAGMA user_version').get() as { user_version: number }).user_version).toBe(0);
     old.close();
@@ -235,8 +285,9 @@ describe('schema migrations', () => {
     const rand = random(100 + version);
     let rows = 0;
     for (let i = 0; i < 300; i++, rows++) {
+      const { status, outcome, latency } = oldRow(i);
       insertOld.run(T - DAY + Math.floor(rand() * 2 * DAY), i % 3 ? 'key_old' : 'key_plain', `req_v${version}_${i}`, 'messages',
-        i % 2 ? 'claude-haiku-4-5' : 'claude-sonnet-4-6', i % 7 ? 200 : 429, i, 2 * i, 1, 0, 3 * i + 1, 50 + i, i % 11 ? 0 : 1, 1, i % 7 ? 'ok' : 'rejected');
+        i % 2 ? 'claude-haiku-4-5' : 'claude-sonnet-4-6', status, i, 2 * i, 1, 0, 3 * i + 1, latency, i % 11 ? 0 : 1, 1, outcome);
     }
     for (let v = 2; v <= version; v++) {
       db.exec(MIGRATIONS[v - 1]!.sql);
@@ -285,6 +336,18 @@ describe('schema migrations', () => {
             expect(raw.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL`).all(table).map((r) => r.name)).toEqual([`${table}_key`]);
           }
           expectRollupsExact(raw);
+          // The old rows' failures and latencies are in the rollups (counted from them by migration 8), and series read them exactly.
+          const daily = raw.prepare('SELECT SUM(err_upstream_error) AS upstream, SUM(err_client_closed) AS closed, SUM(lat_le_10) AS fast, SUM(lat_over) AS slow FROM usage_daily_total').get() as Record<string, number>;
+          expect(Object.values(daily).every((n) => n > 0), JSON.stringify(daily)).toBe(true);
+          const old = storedRecords(raw);
+          for (const query of [
+            { sinceMs: T - 2 * DAY, untilMs: T + 2 * DAY, bucket: 'day' as const },
+            { sinceMs: T - DAY + 5 * HOUR + 17, untilMs: T + 3 * HOUR + 5, bucket: 'hour' as const },
+            { sinceMs: T - DAY, untilMs: T + DAY, bucket: 'day' as const, keyId: 'key_old' },
+            { sinceMs: T - HOUR - 5, untilMs: T + HOUR, bucket: 'minute' as const },
+          ]) {
+            expect(await store.usageSeries(query), JSON.stringify(query)).toEqual(seriesReference(old, query));
+          }
           const requests = (raw.prepare('SELECT SUM(requests) AS n FROM usage').get() as { n: number }).n;
           for (const by of ['model', 'key', 'day', 'upstream'] as const) {
             for (const range of [{}, { sinceMs: T - 5 * HOUR - 17 }, { sinceMs: T - DAY, untilMs: T + 3 * HOUR + 5 }]) {

@@ -19,8 +19,9 @@ import { createLogger } from '../src/logger.ts';
 import { usageReport } from '../src/reports.ts';
 import { PostgresStore } from '../src/store/postgres.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
-import type { KeyRecord, Store, UsageRecord } from '../src/store/types.ts';
-import { tempDirs, usageRecordAt } from './fixtures.ts';
+import { errorKind, LATENCY_BOUNDS_MS, type KeyRecord, type Store, type UsageOutcome, type UsageRecord } from '../src/store/types.ts';
+import { seededRandom, tempDirs, usageRecordAt } from './fixtures.ts';
+import { randomSeriesRecords, seriesReference } from './usage-reference.ts';
 import { createTestDatabase, services } from './services.ts';
 
 const DAY = 86_400_000;
@@ -519,6 +520,138 @@ describe.each(IMPLEMENTATIONS)('$name', (impl) => {
         const bad = { ...usage({ keyId: 'key_rollback' }), model: null as unknown as string };
         await expect(store.insertUsage([usage({ keyId: 'key_rollback' }), bad])).rejects.toThrow();
         expect(await store.usageReport({ by: 'key', keyId: 'key_rollback' })).toEqual([]);
+      });
+    });
+
+    describe('usage series, and reports by hour and narrowed by model or upstream', () => {
+      const H = 3_600_000;
+      const M = 60_000;
+      const D0 = Date.UTC(2026, 7, 1); // August 2026: a range of its own
+      const noTokens = { inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 } as const;
+
+      it('counts every failed request under exactly the kind types.ts errorKind gives its status and outcome', async () => {
+        const statuses = [200, 201, 206, 400, 401, 403, 404, 408, 413, 429, 499, 500, 501, 502, 503, 504, 529];
+        const outcomes: UsageOutcome[] = ['ok', 'error', 'rejected', 'client_closed', 'upstream_cut'];
+        const records = statuses.flatMap((status) => outcomes.map((outcome) => usage({
+          keyId: 'key_kinds', ts: D0 + 5 * M, model: `m.${status}.${outcome}`, status, outcome, ...noTokens, requests: 3,
+        })));
+        await store.insertUsage(records);
+        for (const bucket of ['minute', 'hour', 'day'] as const) {
+          const rows = await store.usageSeries({ sinceMs: D0, untilMs: D0 + DAY, bucket, keyId: 'key_kinds' });
+          expect(rows).toHaveLength(records.length);
+          for (const row of rows) {
+            const [, status, outcome] = row.model.split('.') as [string, string, UsageOutcome];
+            const kind = errorKind(Number(status), outcome);
+            expect(row.errors, row.model).toBe(kind ? 3 : 0);
+            expect(Object.entries(row.errorKinds).filter(([, n]) => n > 0), row.model).toEqual(kind ? [[kind, 3]] : []);
+          }
+        }
+        // The documented rules, spelled out.
+        const kindOf = (status: number, outcome: UsageOutcome) => errorKind(status, outcome);
+        expect([kindOf(200, 'ok'), kindOf(429, 'rejected'), kindOf(429, 'error'), kindOf(400, 'rejected'), kindOf(404, 'error'), kindOf(499, 'client_closed'),
+          kindOf(200, 'client_closed'), kindOf(200, 'upstream_cut'), kindOf(502, 'error'), kindOf(503, 'rejected'), kindOf(529, 'error'), kindOf(500, 'error'),
+          kindOf(200, 'error')]).toEqual([null, 'rate_limited', 'rate_limited', 'client_error', 'client_error', 'client_closed', 'client_closed', 'upstream_cut',
+          'upstream_error', 'upstream_error', 'upstream_error', 'gateway_error', 'gateway_error']);
+      });
+
+      it('puts requests in latency buckets by their mean, bounds inclusive, coalesced records with their multiplicity', async () => {
+        const at = (i: number) => D0 + DAY + i * M;
+        await store.insertUsage([
+          usage({ keyId: 'key_lat', ts: at(0), latencyMs: 10 }), // ≤ 10
+          usage({ keyId: 'key_lat', ts: at(0), latencyMs: 11 }), // ≤ 25
+          usage({ keyId: 'key_lat', ts: at(1), latencyMs: 4 * 250, requests: 4, status: 429, outcome: 'rejected', ...noTokens }), // mean 250: ≤ 250, ×4
+          usage({ keyId: 'key_lat', ts: at(1), latencyMs: 4 * 250 + 1, requests: 4, status: 429, outcome: 'rejected', ...noTokens }), // mean 250.25: ≤ 500, ×4
+          usage({ keyId: 'key_lat', ts: at(2), latencyMs: 300_000 }), // the last bound
+          usage({ keyId: 'key_lat', ts: at(2), latencyMs: 300_001 }), // above it
+          usage({ keyId: 'key_lat', ts: at(2), latencyMs: 0 }),
+        ]);
+        const [row] = await store.usageSeries({ sinceMs: D0 + DAY, untilMs: D0 + 2 * DAY, bucket: 'day', keyId: 'key_lat' });
+        const expected = new Array(LATENCY_BOUNDS_MS.length + 1).fill(0);
+        for (const [bound, n] of [[10, 2], [25, 1], [250, 4], [500, 4], [300_000, 1]] as const) expected[LATENCY_BOUNDS_MS.indexOf(bound)] += n;
+        expected[LATENCY_BOUNDS_MS.length] = 1;
+        expect(row).toMatchObject({ t: D0 + DAY, requests: 13, errors: 8, errorKinds: { rate_limited: 8 }, totalLatencyMs: 10 + 11 + 2001 + 600_001 });
+        expect(row!.latency).toEqual(expected);
+        // Minute by minute, from the raw rows, the same counts.
+        const minutes = await store.usageSeries({ sinceMs: D0 + DAY, untilMs: D0 + DAY + H, bucket: 'minute', keyId: 'key_lat' });
+        expect(minutes.map((r) => [r.t, r.requests])).toEqual([[at(0), 2], [at(1), 8], [at(2), 3]]);
+        expect(minutes.reduce((sum, r) => sum.map((n, i) => n + r.latency[i]!), new Array(expected.length).fill(0))).toEqual(expected);
+      });
+
+      it('gives one row per period and model, periods starting on UTC minutes, hours and days, over whole days, whole hours and partial ones', async () => {
+        const D1 = D0 + 2 * DAY;
+        await store.insertUsage([
+          usage({ keyId: 'key_per', ts: D1 + 5 * H + 17, model: 'claude-haiku-4-5', upstream: 'anthropic-main', billedTokens: 10 }),
+          usage({ keyId: 'key_per', ts: D1 + 5 * H + 17, model: 'claude-sonnet-4-6', cached: true, billedTokens: 0, savedTokens: 40 }),
+          usage({ keyId: 'key_per2', ts: D1 + 5 * H + 61_000, model: 'claude-haiku-4-5', upstream: 'backup-eu', billedTokens: 20 }),
+          usage({ keyId: 'key_per', ts: D1 + DAY + 12 * H, model: 'claude-haiku-4-5', status: 529, outcome: 'error', upstream: 'backup-eu', billedTokens: 0 }),
+        ]);
+        const series = (bucket: 'minute' | 'hour' | 'day', since: number, until: number, filter = {}) =>
+          store.usageSeries({ sinceMs: since, untilMs: until, bucket, ...filter }).then((rows) => rows.map((r) => [r.t, r.model, r.requests, r.billedTokens, r.savedTokens, r.errors]));
+        expect(await series('day', D1, D1 + 2 * DAY)).toEqual([
+          [D1, 'claude-haiku-4-5', 2, 30, 0, 0],
+          [D1, 'claude-sonnet-4-6', 1, 0, 40, 0],
+          [D1 + DAY, 'claude-haiku-4-5', 1, 0, 0, 1],
+        ]);
+        // Partial edges: only what is inside the range, under the period's start.
+        expect(await series('day', D1 + 5 * H + 18, D1 + DAY + 12 * H + 1)).toEqual([[D1, 'claude-haiku-4-5', 1, 20, 0, 0], [D1 + DAY, 'claude-haiku-4-5', 1, 0, 0, 1]]);
+        expect(await series('hour', D1, D1 + DAY)).toEqual([[D1 + 5 * H, 'claude-haiku-4-5', 2, 30, 0, 0], [D1 + 5 * H, 'claude-sonnet-4-6', 1, 0, 40, 0]]);
+        expect(await series('minute', D1 + 5 * H, D1 + 6 * H)).toEqual([
+          [D1 + 5 * H, 'claude-haiku-4-5', 1, 10, 0, 0],
+          [D1 + 5 * H, 'claude-sonnet-4-6', 1, 0, 40, 0],
+          [D1 + 5 * H + M, 'claude-haiku-4-5', 1, 20, 0, 0],
+        ]);
+        // Narrowed to a key, a model, an upstream ('' is none).
+        expect(await series('day', D1, D1 + 2 * DAY, { keyId: 'key_per2' })).toEqual([[D1, 'claude-haiku-4-5', 1, 20, 0, 0]]);
+        expect(await series('day', D1, D1 + 2 * DAY, { model: 'claude-sonnet-4-6' })).toEqual([[D1, 'claude-sonnet-4-6', 1, 0, 40, 0]]);
+        expect(await series('hour', D1, D1 + 2 * DAY, { upstream: 'backup-eu' })).toEqual([[D1 + 5 * H, 'claude-haiku-4-5', 1, 20, 0, 0], [D1 + DAY + 12 * H, 'claude-haiku-4-5', 1, 0, 0, 1]]);
+        expect(await series('day', D1, D1 + 2 * DAY, { upstream: '', keyId: 'key_per' })).toEqual([[D1, 'claude-sonnet-4-6', 1, 0, 40, 0]]);
+        expect(await series('day', D1 + DAY, D1)).toEqual([]);
+        expect(await series('minute', D1 + 3 * DAY, D1 + 4 * DAY)).toEqual([]);
+      });
+
+      it('reports by UTC hour (YYYY-MM-DDTHH:00Z) and narrowed to a model or an upstream', async () => {
+        const D1 = D0 + 2 * DAY; // the rows of the test above
+        const rows = (query: object) => store.usageReport({ by: 'hour', sinceMs: D1, untilMs: D1 + 2 * DAY, ...query }).then((r) => r.map((x) => [x.group, x.model, x.requests]));
+        expect(await rows({})).toEqual([
+          ['2026-08-03T05:00Z', 'claude-haiku-4-5', 2],
+          ['2026-08-03T05:00Z', 'claude-sonnet-4-6', 1],
+          ['2026-08-04T12:00Z', 'claude-haiku-4-5', 1],
+        ]);
+        expect(await rows({ keyId: 'key_per', sinceMs: D1 + 5 * H + 18 })).toEqual([['2026-08-04T12:00Z', 'claude-haiku-4-5', 1]]);
+        expect(await rows({ model: 'claude-haiku-4-5', upstream: 'backup-eu' })).toEqual([['2026-08-03T05:00Z', 'claude-haiku-4-5', 1], ['2026-08-04T12:00Z', 'claude-haiku-4-5', 1]]);
+        const byKey = await store.usageReport({ by: 'key', sinceMs: D1, untilMs: D1 + 2 * DAY, upstream: 'anthropic-main' });
+        expect(byKey.map((r) => [r.group, r.model, r.requests, r.billedTokens])).toEqual([['key_per', 'claude-haiku-4-5', 1, 10]]);
+        const byModel = await store.usageReport({ by: 'model', sinceMs: D1, untilMs: D1 + 2 * DAY, model: 'claude-sonnet-4-6' });
+        expect(byModel.map((r) => [r.group, r.requests, r.savedTokens])).toEqual([['claude-sonnet-4-6', 1, 40]]);
+      });
+
+      it('gives series equal to a plain computation over random records, for random ranges, buckets and filters', async () => {
+        const rand = seededRandom(20260801);
+        const start = Date.UTC(2027, 0, 10, 7, 13); // 2027: nothing else there
+        const end = start + 3 * DAY + 5 * H;
+        const keys = ['key_r1', 'key_r2', 'key_r3'];
+        const models = ['claude-haiku-4-5', 'claude-sonnet-4-6'];
+        const records = randomSeriesRecords(rand, { count: 1500, start, end, keys, models });
+        for (let i = 0; i < records.length; i += 250) await store.insertUsage(records.slice(i, i + 250));
+        const edge = () => (rand() < 0.3 ? Math.round((start + rand() * (end - start)) / H) * H + [-1, 0, 1][Math.floor(rand() * 3)]! : start - H + Math.floor(rand() * (end - start + 2 * H)));
+        for (let i = 0; i < 40; i++) {
+          const [a, b] = [edge(), edge()].sort((x, y) => x - y) as [number, number];
+          const bucket = (['minute', 'hour', 'day'] as const)[i % 3]!;
+          const query = {
+            sinceMs: bucket === 'minute' ? a : Math.min(a, start - DAY), untilMs: b, bucket,
+            ...(rand() < 0.3 ? { keyId: keys[Math.floor(rand() * keys.length)]! } : {}),
+            ...(rand() < 0.2 ? { model: models[1]! } : {}),
+            ...(rand() < 0.2 ? { upstream: ['', 'backup-eu'][Math.floor(rand() * 2)]! } : {}),
+          };
+          const expected = seriesReference(records, query);
+          expect(await store.usageSeries(query), JSON.stringify(query)).toEqual(expected);
+        }
+        // The whole span: every request once, failures all with a kind, every request in a latency bucket.
+        const all = await store.usageSeries({ sinceMs: start, untilMs: end, bucket: 'day' });
+        const requests = records.reduce((n, r) => n + (r.requests ?? 1), 0);
+        expect(all.reduce((n, r) => n + r.requests, 0)).toBe(requests);
+        expect(all.reduce((n, r) => n + r.latency.reduce((x, y) => x + y, 0), 0)).toBe(requests);
+        for (const r of all) expect(Object.values(r.errorKinds).reduce((x, y) => x + y, 0)).toBe(r.errors);
       });
     });
 

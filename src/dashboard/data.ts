@@ -3,12 +3,21 @@
  * pages. (Implemented in overview.ts / explorer.ts; the pages fetch these as JSON.)
  */
 
+import type { ErrorKind } from '../store/types.ts';
+
 export type OverviewRange = 'hour' | 'day' | 'week' | 'month';
 
-/** Why requests failed, as the overview counts them. */
-export type ErrorKind = 'rate_limited' | 'client_error' | 'upstream_error' | 'gateway_error' | 'client_closed' | 'upstream_cut';
+/**
+ * Why requests failed, as the overview counts them: derived from each record's status and
+ * outcome (the mapping is documented at ERROR_KINDS in store/types.ts, where it lives because the
+ * store's rollups count it). Every failed request has exactly one kind.
+ */
+export type { ErrorKind };
 
-/** One point of the overview's time series. */
+/**
+ * One point of the overview's time series: one UTC minute, hour or day. Every period of the range
+ * has a point (zeros where nothing happened); the last one is the period in progress, up to `until`.
+ */
 export interface OverviewPoint {
   /** Start of the point's period (unix ms, UTC). */
   t: number;
@@ -21,16 +30,29 @@ export interface OverviewPoint {
   cacheHits: number;
   /** Budget tokens the cache's hits saved. */
   savedTokens: number;
-  /** Latency percentiles of the period's requests (ms), estimated from a histogram; null without requests. */
+  /**
+   * Latency percentiles of the period's requests (ms, whole), estimated from the store's latency
+   * histogram (store/types.ts LATENCY_BOUNDS_MS) by linear interpolation inside the bucket the
+   * percentile falls in (above the last bound, 300 s, the bound itself); null without requests.
+   */
   p50Ms: number | null;
   p95Ms: number | null;
 }
 
 export interface Overview {
   range: OverviewRange;
-  /** `hour` points for the last hour (5-minute points would need raw rows: hour → minute points), day; `day` for week and month. */
+  /**
+   * The points' period: `minute` for the last hour (read from raw usage rows: an hour of them is
+   * cheap), `hour` for the last day, `day` for the last week and month (read from the hourly and
+   * daily rollups, raw rows only for the hour in progress).
+   */
   bucket: 'minute' | 'hour' | 'day';
+  /**
+   * Start of the first point: `until` minus the range (1 h, 24 h, 7 or 30 days), floored to the
+   * bucket, so that every point but the last is a whole period (unix ms, inclusive).
+   */
   since: number;
+  /** The time the report was made (unix ms, exclusive). */
   until: number;
   points: OverviewPoint[];
   /** The whole range, summed (percentiles over the whole range). */
@@ -48,9 +70,15 @@ export interface ExplorerQuery {
   upstream?: string;
 }
 
+/**
+ * One group of the explorer, all models added up (costs priced per model first). Groups: key ids,
+ * model ids, upstream names ('' for requests no upstream served: cache hits, refusals), UTC days
+ * (YYYY-MM-DD) or UTC hours (YYYY-MM-DDTHH:00Z); ordered by group, bytewise (days and hours in
+ * time order).
+ */
 export interface ExplorerRow {
   group: string;
-  /** For `key`: the key's name (the group is its id). */
+  /** For `key`: the key's name (the group is its id; absent for a deleted key). For `upstream` '': "(none)". */
   label?: string;
   requests: number;
   errors: number;
@@ -62,5 +90,6 @@ export interface ExplorerRow {
   billedTokens: number;
   savedTokens: number;
   costUsd: number;
+  /** Mean latency of the group's requests (ms, whole); 0 without requests. */
   avgLatencyMs: number;
 }

@@ -297,7 +297,7 @@ async function init(argv: string[], io: InitIo): Promise<void> {
   const where = below === '' ? '.' : below.startsWith('..') || isAbsolute(below) ? dir : below;
   if (written.length) io.out(`Wrote in ${where}: ${written.join(', ')}`);
   if (kept.length) io.out(`Kept (already there; --force replaces them): ${kept.join(', ')}`);
-  for (const note of notes) io.out(note);
+  for (const note of notes) (note.startsWith('warning:') ? io.err : io.out)(note);
 
   // Dependencies.
   const ts = langs.includes('ts');

@@ -16,6 +16,8 @@
  * primary key, so that a batch written again after an unknown COMMIT outcome adds nothing twice.
  */
 import type pg from 'pg';
+import { floorDiv } from './postgres-usage.ts';
+import { ERROR_COLUMNS, LATENCY_COLUMNS, rawSums, ROLLUP_COLUMNS, ROLLUPS, TOTAL_ROLLUPS } from './sql-common.ts';
 
 /**
  * The advisory lock key migrations run under ("claudc" in ASCII). Advisory locks are per
@@ -45,6 +47,45 @@ CREATE TABLE ${table} (
   PRIMARY KEY (${period}, key_id, model)
 );
 CREATE INDEX ${table}_key ON ${table} (key_id, ${period});
+`;
+}
+
+/**
+ * Migration 6, part 1: the overview's columns on a per-key rollup (failed requests by kind, the
+ * latency histogram: sql-common.ts ERROR_COLUMNS and LATENCY_COLUMNS, types.ts for their
+ * meaning), added with a constant default (no rewrite), then counted exactly from the raw usage
+ * rows: one aggregate of usage per rollup, joined to the rollup's rows on their primary key (one
+ * new version of each rollup row; usage is only read). The other columns are left as they are.
+ * Built from those constants, which therefore never change under it: another histogram or kind
+ * mapping is a new migration (which freezes this one's lists first). Mirrors SQLite's migration 8.
+ */
+function rollupDetails(table: string, period: string, periodMs: number): string {
+  const columns = [...ERROR_COLUMNS, ...LATENCY_COLUMNS];
+  return `
+ALTER TABLE ${table} ${columns.map((c) => `ADD COLUMN ${c} BIGINT NOT NULL DEFAULT 0`).join(', ')};
+UPDATE ${table} AS r SET ${columns.map((c) => `${c} = f.${c}`).join(', ')}
+FROM (SELECT ${floorDiv('ts', periodMs)} AS p, key_id, model, upstream, ${rawSums(columns)}
+      FROM usage GROUP BY 1, 2, 3, 4) AS f
+WHERE r.${period} = f.p AND r.key_id = f.key_id AND r.model = f.model AND r.upstream = f.upstream;
+`;
+}
+
+/**
+ * Migration 6, part 2: a rollup over all keys (sql-common.ts TOTAL_ROLLUPS: per period, model and
+ * upstream, every column ROLLUP_COLUMNS names), filled by adding up the per-key rollup of the same
+ * period, complete by then: far fewer rows than usage, and exact as it is.
+ */
+function totalRollup(table: string, period: string, perKey: string): string {
+  return `
+CREATE TABLE ${table} (
+  ${period} BIGINT NOT NULL,
+  model TEXT NOT NULL,
+  upstream TEXT NOT NULL,
+  ${ROLLUP_COLUMNS.map((c) => `${c} BIGINT NOT NULL DEFAULT 0,`).join('\n  ')}
+  PRIMARY KEY (${period}, model, upstream)
+);
+INSERT INTO ${table} (${period}, model, upstream, ${ROLLUP_COLUMNS.join(', ')})
+SELECT ${period}, model, upstream, ${ROLLUP_COLUMNS.map((c) => `SUM(${c})`).join(', ')} FROM ${perKey} GROUP BY 1, 2, 3;
 `;
 }
 
@@ -146,6 +187,15 @@ ALTER TABLE usage_daily ADD COLUMN upstream TEXT NOT NULL DEFAULT '',
     // back, is none; a constant default, so no table rewrite.
     name: 'keys.mcp_servers',
     sql: "ALTER TABLE keys ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]';",
+  },
+  {
+    // What the dashboard's overview needs per period and cannot get from the sums: failed
+    // requests by kind and a latency histogram (rollupDetails), exact for the rows already
+    // stored; and rollups over all keys (totalRollup), so that the overview and reports not by
+    // key read a few rows per period however many keys there are.
+    name: 'error kinds and latency histogram in the rollups, counted from usage; usage_hourly_total and usage_daily_total',
+    sql: ROLLUPS.map((r) => rollupDetails(r.table, r.period, r.periodMs)).join('') +
+      TOTAL_ROLLUPS.map((r, i) => totalRollup(r.table, r.period, ROLLUPS[i]!.table)).join(''),
   },
 ];
 

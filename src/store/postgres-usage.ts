@@ -16,8 +16,10 @@
  * rows exactly.
  */
 import { createHash } from 'node:crypto';
-import { DAY_MS, groupValues, HOUR_MS, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUP_DIMENSIONS, ROLLUP_GROUP_BY, SUMMED } from './sql-common.ts';
-import type { UsageGrouping, UsageQuery, UsageRecord } from './types.ts';
+import {
+  ALL_ROLLUPS, batchHoursSql, groupValues, reportSelects, REPORT_SUMS, rollUpSql, SERIES_SUMS, seriesSelects,
+} from './sql-common.ts';
+import type { ReportGrouping, UsageQuery, UsageRecord, UsageSeriesQuery } from './types.ts';
 
 /** A statement and its parameters ($1, $2, ... in order). */
 export interface Sql {
@@ -35,7 +37,7 @@ class Params {
 }
 
 /** floor(column / divisor) for BIGINT columns (PostgreSQL's integer division truncates towards zero). */
-function floorDiv(column: string, divisor: number): string {
+export function floorDiv(column: string, divisor: number): string {
   return `((${column} - ((${column} % ${divisor}) + ${divisor}) % ${divisor}) / ${divisor})`;
 }
 
@@ -50,15 +52,6 @@ const USAGE_COLUMNS = [
   ['saved_tokens', 'bigint'], ['upstream', 'text'],
 ] as const;
 
-/** Adds the rows of `inserted` to a rollup, in key order (see the file's comment on deadlocks). */
-function rollUp(table: string, period: string, periodMs: number): string {
-  const dimensions = ROLLUP_DIMENSIONS.join(', ');
-  return `INSERT INTO ${table} (${period}, ${dimensions}, ${SUMMED.join(', ')})
-    SELECT ${floorDiv('ts', periodMs)}, ${dimensions}, ${RAW_SUMS}
-    FROM inserted GROUP BY ${ROLLUP_GROUP_BY} ORDER BY ${ROLLUP_GROUP_BY}
-    ON CONFLICT (${period}, ${dimensions}) DO UPDATE SET ${SUMMED.map((c) => `${c} = ${table}.${c} + excluded.${c}`).join(', ')}`;
-}
-
 /** Answers one row, `inserted`: how many of the batch's records were new. */
 const INSERT_USAGE_SQL = `
 WITH batch AS (
@@ -70,11 +63,11 @@ WITH batch AS (
   ON CONFLICT (record_id) DO NOTHING
   RETURNING ts, key_id, model, upstream, status, outcome, cached, requests, input_tokens, output_tokens,
             cache_creation_tokens, cache_read_tokens, billed_tokens, saved_tokens, latency_ms
-), daily AS (
-  ${rollUp('usage_daily', 'day', DAY_MS)}
-), hourly AS (
-  ${rollUp('usage_hourly', 'hour', HOUR_MS)}
-)
+), batch_hours AS (
+  ${batchHoursSql(floorDiv, 'inserted')}
+), ${ALL_ROLLUPS.map((r) => `add_to_${r.table} AS (
+  ${rollUpSql(r, floorDiv, 'batch_hours')}
+)`).join(', ')}
 SELECT count(*)::int AS inserted FROM inserted`;
 
 /** PostgreSQL text cannot hold NUL; a client-chosen model name could carry one. */
@@ -140,14 +133,15 @@ export function budgetBucketsSql(sinceMs: number, options: { keyId?: string; unt
 
 /** Each report part yields a grouping value `g` (sql-common.ts); the outer query labels it. */
 const GROUP_VALUE = groupValues(floorDiv);
-const GROUP_LABEL: Record<UsageGrouping, string> = {
+const GROUP_LABEL: Record<ReportGrouping, string> = {
   model: 'g',
   key: 'g',
   day: `to_char(to_timestamp(g * 86400) AT TIME ZONE 'UTC', 'YYYY-MM-DD')`,
+  hour: `to_char(to_timestamp(g * 3600) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:00"Z"')`,
   upstream: 'g',
 };
 /** Reports order by group, then model, bytewise (as SQLite's BINARY collation does), whatever the database's collation. */
-const GROUP_ORDER: Record<UsageGrouping, string> = { model: 'g COLLATE "C"', key: 'g COLLATE "C"', day: 'g', upstream: 'g COLLATE "C"' };
+const GROUP_ORDER: Record<ReportGrouping, string> = { model: 'g COLLATE "C"', key: 'g COLLATE "C"', day: 'g', hour: 'g', upstream: 'g COLLATE "C"' };
 
 /** The report, or undefined for an empty range. */
 export function usageReportSql(query: UsageQuery): Sql | undefined {
@@ -158,6 +152,19 @@ export function usageReportSql(query: UsageQuery): Sql | undefined {
     text: `SELECT ${GROUP_LABEL[query.by]} AS "group", model, ${REPORT_SUMS}
       FROM (${selects.join(' UNION ALL ')}) AS parts
       GROUP BY g, model ORDER BY ${GROUP_ORDER[query.by]}, model COLLATE "C"`,
+    values: p.values,
+  };
+}
+
+/** A usage series (sql-common.ts `seriesRow` shapes its rows), or undefined for an empty range. */
+export function usageSeriesSql(query: UsageSeriesQuery): Sql | undefined {
+  const p = new Params();
+  const selects = seriesSelects(query, GROUP_VALUE, (value) => p.add(value));
+  if (selects.length === 0) return undefined;
+  return {
+    text: `SELECT g, model, ${SERIES_SUMS}
+      FROM (${selects.join(' UNION ALL ')}) AS parts
+      GROUP BY g, model ORDER BY g, model COLLATE "C"`,
     values: p.values,
   };
 }

@@ -26,9 +26,9 @@ import pg from 'pg';
 import { StoreUnavailableError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import { migrate } from './postgres-schema.ts';
-import { budgetBucketsSql, insertUsageSql, usageReportSql, type Sql } from './postgres-usage.ts';
-import { KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, patchValue, rowToKey, type KeyRow as SqlKeyRow } from './sql-common.ts';
-import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow } from './types.ts';
+import { budgetBucketsSql, insertUsageSql, usageReportSql, usageSeriesSql, type Sql } from './postgres-usage.ts';
+import { KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, patchValue, rowToKey, seriesRow, type KeyRow as SqlKeyRow } from './sql-common.ts';
+import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow, UsageSeriesQuery, UsageSeriesRow } from './types.ts';
 
 export interface PostgresOptions {
   logger: Logger;
@@ -312,6 +312,11 @@ export class PostgresStore implements Store {
   async usageReport(query: UsageQuery): Promise<UsageRow[]> {
     const sql = usageReportSql(query);
     return sql ? this.query<UsageRow>(sql) : [];
+  }
+
+  async usageSeries(query: UsageSeriesQuery): Promise<UsageSeriesRow[]> {
+    const sql = usageSeriesSql(query);
+    return sql ? (await this.query(sql)).map((row) => seriesRow(row, query.bucket)) : [];
   }
 
   async getMeta(name: string): Promise<string | null> {

@@ -9,7 +9,7 @@
  * will not run it again); a change to the schema is a new migration at the end of the list.
  */
 import type { DatabaseSync } from 'node:sqlite';
-import { DAY_MS, HOUR_MS } from './sql-common.ts';
+import { DAY_MS, ERROR_COLUMNS, HOUR_MS, LATENCY_COLUMNS, rawSums, ROLLUP_COLUMNS, ROLLUPS, TOTAL_ROLLUPS } from './sql-common.ts';
 
 /**
  * A rollup table of usage per (period, key, model), filled from the rows already in usage. Its
@@ -79,6 +79,44 @@ FROM ${table};
 DROP TABLE ${table};
 ALTER TABLE ${table}_new RENAME TO ${table};
 CREATE INDEX ${table}_key ON ${table} (key_id, ${period});
+`;
+}
+
+/**
+ * Migration 8, part 1: the overview's columns on a per-key rollup (failed requests by kind, the
+ * latency histogram: sql-common.ts ERROR_COLUMNS and LATENCY_COLUMNS, types.ts for their
+ * meaning), 0 by default, then counted exactly from the raw usage rows: one aggregate of usage
+ * per rollup, joined to the rollup's rows on their key. The rollup's other columns are left as
+ * they are. Built from those constants, which therefore never change under it: another histogram
+ * or kind mapping is a new migration (which freezes this one's lists first).
+ */
+function rollupDetails(table: string, period: string, periodMs: number): string {
+  const columns = [...ERROR_COLUMNS, ...LATENCY_COLUMNS];
+  return `
+${columns.map((c) => `ALTER TABLE ${table} ADD COLUMN ${c} INTEGER NOT NULL DEFAULT 0;`).join('\n')}
+UPDATE ${table} SET ${columns.map((c) => `${c} = f.${c}`).join(', ')}
+FROM (SELECT ts / ${periodMs} - (ts % ${periodMs} < 0) AS p, key_id, model, upstream, ${rawSums(columns)}
+      FROM usage GROUP BY 1, 2, 3, 4) AS f
+WHERE ${table}.${period} = f.p AND ${table}.key_id = f.key_id AND ${table}.model = f.model AND ${table}.upstream = f.upstream;
+`;
+}
+
+/**
+ * Migration 8, part 2: a rollup over all keys (sql-common.ts TOTAL_ROLLUPS: per period, model and
+ * upstream, every column ROLLUP_COLUMNS names), filled by adding up the per-key rollup of the same
+ * period, complete by then: far fewer rows than usage, and exact as it is.
+ */
+function totalRollup(table: string, period: string, perKey: string): string {
+  return `
+CREATE TABLE ${table} (
+  ${period} INTEGER NOT NULL,
+  model TEXT NOT NULL,
+  upstream TEXT NOT NULL,
+  ${ROLLUP_COLUMNS.map((c) => `${c} INTEGER NOT NULL DEFAULT 0,`).join('\n  ')}
+  PRIMARY KEY (${period}, model, upstream)
+) WITHOUT ROWID;
+INSERT INTO ${table} (${period}, model, upstream, ${ROLLUP_COLUMNS.join(', ')})
+SELECT ${period}, model, upstream, ${ROLLUP_COLUMNS.map((c) => `SUM(${c})`).join(', ')} FROM ${perKey} GROUP BY 1, 2, 3;
 `;
 }
 
@@ -181,6 +219,15 @@ ${rollupWithUpstream('usage_hourly', 'hour')}${rollupWithUpstream('usage_daily',
     // what every existing key reads back, is none.
     name: 'keys.mcp_servers',
     sql: "ALTER TABLE keys ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]';",
+  },
+  {
+    // What the dashboard's overview needs per period and cannot get from the sums: failed
+    // requests by kind and a latency histogram (rollupDetails), exact for the rows already
+    // stored; and rollups over all keys (totalRollup), so that the overview and reports not by
+    // key read a few rows per period however many keys there are.
+    name: 'error kinds and latency histogram in the rollups, counted from usage; usage_hourly_total and usage_daily_total',
+    sql: ROLLUPS.map((r) => rollupDetails(r.table, r.period, r.periodMs)).join('') +
+      TOTAL_ROLLUPS.map((r, i) => totalRollup(r.table, r.period, ROLLUPS[i]!.table)).join(''),
   },
 ];
 

@@ -15,11 +15,13 @@ import { join } from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import { migrate } from './schema.ts';
 import {
-  groupValues, KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, patchValue, RAW_SUMS, reportSelects, REPORT_SUMS, ROLLUP_DIMENSIONS,
-  ROLLUP_GROUP_BY, ROLLUPS, rowToKey, SUMMED,
+  ALL_ROLLUPS, BATCH_HOURS_COLUMNS, batchHoursSql, groupValues, KEY_COLUMNS, keyValues, PATCH_COLUMNS, patchedFields, patchValue, reportSelects,
+  REPORT_SUMS, rollUpSql, rowToKey, SERIES_SUMS, seriesRow, seriesSelects,
   type KeyRow as SqlKeyRow,
 } from './sql-common.ts';
-import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageGrouping, UsageQuery, UsageRecord, UsageRow } from './types.ts';
+import type {
+  BudgetBucket, KeyPatch, KeyRecord, ReportGrouping, Store, UsageQuery, UsageRecord, UsageRow, UsageSeriesQuery, UsageSeriesRow,
+} from './types.ts';
 
 export const DB_FILE = 'claudcode.db';
 export const DEFAULT_BUSY_TIMEOUT_MS = 5000;
@@ -109,25 +111,22 @@ function floorDiv(column: string, divisor: number): string {
 
 /** Each report part yields a grouping value `g` (sql-common.ts); the outer query labels it. */
 const GROUP_VALUE = groupValues(floorDiv);
-const GROUP_LABEL: Record<UsageGrouping, string> = {
+const GROUP_LABEL: Record<ReportGrouping, string> = {
   model: 'g',
   key: 'g',
   day: "strftime('%Y-%m-%d', g * 86400, 'unixepoch')",
+  hour: "strftime('%Y-%m-%dT%H:00Z', g * 3600, 'unixepoch')",
   upstream: 'g',
 };
 
 /**
- * Adds the batch just inserted (usage ids first..last: the write lock is held, so they are all
- * ours) to a rollup, aggregated per (period, key, model, upstream). Aggregating the stored rows
- * with the same sums a raw report uses keeps the rollups exact by construction.
+ * The batch just inserted (usage ids first..last: the write lock is held, so they are all ours),
+ * aggregated per hour, key, model and upstream into a temporary table of the connection
+ * (sql-common.ts batchHoursSql), from which every rollup is then upserted; emptied after, all in
+ * the insert's transaction. Aggregating the stored rows with the same sums a raw report uses
+ * keeps the rollups exact by construction.
  */
-function rollUpSql(table: string, period: string, periodMs: number): string {
-  const dimensions = ROLLUP_DIMENSIONS.join(', ');
-  return `INSERT INTO ${table} (${period}, ${dimensions}, ${SUMMED.join(', ')})
-    SELECT ${floorDiv('ts', periodMs)}, ${dimensions}, ${RAW_SUMS}
-    FROM usage WHERE id BETWEEN ? AND ? GROUP BY ${ROLLUP_GROUP_BY}
-    ON CONFLICT (${period}, ${dimensions}) DO UPDATE SET ${SUMMED.map((c) => `${c} = ${c} + excluded.${c}`).join(', ')}`;
-}
+const BATCH_TABLE = 'temp.usage_batch_hours';
 
 export class SqliteDatabase implements SyncStore {
   readonly path: string;
@@ -142,7 +141,9 @@ export class SqliteDatabase implements SyncStore {
     bumpGeneration: StatementSync;
     generation: StatementSync;
     insertUsage: StatementSync;
+    batchHours: StatementSync;
     rollUps: StatementSync[];
+    clearBatch: StatementSync;
     getMeta: StatementSync;
     setMeta: StatementSync;
   };
@@ -154,6 +155,7 @@ export class SqliteDatabase implements SyncStore {
     try {
       openingStep(() => this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;'));
       openingStep(() => migrate(this.db));
+      this.db.exec(`CREATE TEMP TABLE IF NOT EXISTS ${BATCH_TABLE.slice('temp.'.length)} (${BATCH_HOURS_COLUMNS.join(', ')})`);
     } catch (err) {
       this.db.close();
       throw err;
@@ -173,7 +175,9 @@ export class SqliteDatabase implements SyncStore {
         `INSERT INTO usage (ts, key_id, request_id, endpoint, model, status, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, billed_tokens, latency_ms, cached, streamed, outcome, requests, saved_tokens, upstream)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
-      rollUps: ROLLUPS.map((r) => this.db.prepare(rollUpSql(r.table, r.period, r.periodMs))),
+      batchHours: this.db.prepare(`INSERT INTO ${BATCH_TABLE} (${BATCH_HOURS_COLUMNS.join(', ')}) ${batchHoursSql(floorDiv, 'usage WHERE id BETWEEN ? AND ?')}`),
+      rollUps: ALL_ROLLUPS.map((r) => this.db.prepare(rollUpSql(r, floorDiv, BATCH_TABLE))),
+      clearBatch: this.db.prepare(`DELETE FROM ${BATCH_TABLE}`),
       getMeta: this.db.prepare('SELECT value FROM meta WHERE name = ?'),
       setMeta: this.db.prepare(
         'INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value',
@@ -246,7 +250,9 @@ export class SqliteDatabase implements SyncStore {
         ).lastInsertRowid;
         first ??= last;
       }
-      for (const rollUp of this.statements.rollUps) rollUp.run(first!, last);
+      this.statements.batchHours.run(first!, last);
+      for (const rollUp of this.statements.rollUps) rollUp.run();
+      this.statements.clearBatch.run();
     });
   }
 
@@ -273,6 +279,15 @@ export class SqliteDatabase implements SyncStore {
     const sql = `SELECT ${GROUP_LABEL[query.by]} AS "group", model, ${REPORT_SUMS}
       FROM (${selects.join(' UNION ALL ')}) GROUP BY g, model ORDER BY 1, 2`;
     return this.statement(sql).all(...params) as unknown as UsageRow[];
+  }
+
+  usageSeries(query: UsageSeriesQuery): UsageSeriesRow[] {
+    const params: SQLInputValue[] = [];
+    const selects = seriesSelects(query, GROUP_VALUE, (value) => (params.push(value), '?'));
+    if (selects.length === 0) return [];
+    const sql = `SELECT g, model, ${SERIES_SUMS}
+      FROM (${selects.join(' UNION ALL ')}) GROUP BY g, model ORDER BY 1, 2`;
+    return this.statement(sql).all(...params).map((row) => seriesRow(row, query.bucket));
   }
 
   getMeta(name: string): string | null {

@@ -14,7 +14,7 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DB_FILE, type SqliteOptions, type StoreMethod } from './sqlite-db.ts';
-import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow } from './types.ts';
+import type { BudgetBucket, KeyPatch, KeyRecord, Store, UsageQuery, UsageRecord, UsageRow, UsageSeriesQuery, UsageSeriesRow } from './types.ts';
 import { deserializeError, PendingCalls, type WorkerConfig, type WorkerRequest, type WorkerResponse } from './worker-protocol.ts';
 
 export type { SqliteOptions } from './sqlite-db.ts';
@@ -171,6 +171,10 @@ export class SqliteStore implements Store {
 
   usageReport(query: UsageQuery): Promise<UsageRow[]> {
     return this.call('usageReport', query);
+  }
+
+  usageSeries(query: UsageSeriesQuery): Promise<UsageSeriesRow[]> {
+    return this.call('usageSeries', query);
   }
 
   getMeta(name: string): Promise<string | null> {

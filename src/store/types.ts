@@ -96,23 +96,36 @@ export interface BudgetBucket {
   tokens: number;
 }
 
-/** What a usage report can group by: model, key, UTC day, or the upstream that served the requests. */
+/**
+ * What a usage report can group by in the CLI and the admin API: model, key, UTC day, or the
+ * upstream that served the requests.
+ */
 export const USAGE_GROUPINGS = ['model', 'key', 'day', 'upstream'] as const;
 export type UsageGrouping = (typeof USAGE_GROUPINGS)[number];
 
-export interface UsageQuery {
+/** What the store's usageReport groups by: those, and the UTC hour (the dashboard's explorer). */
+export const REPORT_GROUPINGS = [...USAGE_GROUPINGS, 'hour'] as const;
+export type ReportGrouping = (typeof REPORT_GROUPINGS)[number];
+
+/** Narrows reports and series to one key, model and/or upstream ('' is the requests no upstream served). */
+export interface UsageFilter {
   keyId?: string;
+  model?: string;
+  upstream?: string;
+}
+
+export interface UsageQuery extends UsageFilter {
   /** Inclusive. */
   sinceMs?: number;
   /** Exclusive. */
   untilMs?: number;
-  by: UsageGrouping;
+  by: ReportGrouping;
 }
 
 /**
  * One group of a usage report, split by model so callers can price it. `day` groups are UTC
- * days (YYYY-MM-DD); `upstream` groups are upstream names, '' for requests no upstream served;
- * rows come ordered by group, then model (bytewise).
+ * days (YYYY-MM-DD), `hour` groups UTC hours (YYYY-MM-DDTHH:00Z); `upstream` groups are upstream
+ * names, '' for requests no upstream served; rows come ordered by group, then model (bytewise).
  */
 export interface UsageRow {
   group: string;
@@ -128,6 +141,81 @@ export interface UsageRow {
   /** Sum of UsageRecord.savedTokens: what the group's cache hits saved. */
   savedTokens: number;
   totalLatencyMs: number;
+}
+
+/**
+ * Why a failed request failed, as the dashboard counts it. A record failed when its status is
+ * 400 or more or its outcome is not `ok` (what reports count as `errors`); its kind comes from
+ * status and outcome, the first rule that matches:
+ * - outcome `client_closed`, or status 499 → `client_closed` (the client went away);
+ * - outcome `upstream_cut` → `upstream_cut` (the upstream's stream ended early);
+ * - status 429 → `rate_limited` (the key's limits, or an upstream's 429 relayed);
+ * - status 500 → `gateway_error` (a fault of the gateway's own);
+ * - any other 5xx → `upstream_error` (502/503/504 the gateway answers for an upstream that failed
+ *   or was unreachable, an upstream's 5xx or 529 relayed);
+ * - any other 4xx → `client_error` (the request was refused or invalid);
+ * - anything else (a failed outcome under a success status: not written today) → `gateway_error`.
+ * So every failed request has exactly one kind, and a group's kinds add up to its errors. The SQL
+ * form the rollups sum is ERROR_KIND_SQL (sql-common.ts), held to this one by the contract suite.
+ */
+export const ERROR_KINDS = ['rate_limited', 'client_error', 'upstream_error', 'gateway_error', 'client_closed', 'upstream_cut'] as const;
+export type ErrorKind = (typeof ERROR_KINDS)[number];
+
+/** The kind of a record's failure (see ERROR_KINDS), or null for a request that succeeded. */
+export function errorKind(status: number, outcome: UsageOutcome): ErrorKind | null {
+  if (status < 400 && outcome === 'ok') return null;
+  if (outcome === 'client_closed' || status === 499) return 'client_closed';
+  if (outcome === 'upstream_cut') return 'upstream_cut';
+  if (status === 429) return 'rate_limited';
+  if (status === 500) return 'gateway_error';
+  if (status >= 500) return 'upstream_error';
+  if (status >= 400) return 'client_error';
+  return 'gateway_error';
+}
+
+/**
+ * The latency histogram's buckets: upper bounds in ms, inclusive; one more bucket holds what is
+ * above the last. Steps of at most 2.5× from cache hits (≤ 10 ms) to long streams (5 min), and
+ * at most 1.75× between 1 and 30 s where most API calls end, so that a percentile interpolated
+ * inside a bucket (dashboard/overview.ts) is close. A record standing for several requests
+ * (`requests` > 1, its latencyMs their sum) puts all of them in the bucket of their mean.
+ * The rollups hold one column per bucket (schema.ts migration 8, postgres-schema.ts migration 6):
+ * changing the bounds is a new migration, never an edit here.
+ */
+export const LATENCY_BOUNDS_MS = [
+  10, 25, 50, 100, 250, 500, 1000, 2000, 3500, 5000, 7500, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000, 300_000,
+] as const;
+
+/** The histogram bucket of `requests` requests whose latencies sum to `latencyMs`: an index into LATENCY_BOUNDS_MS, or its length for above the last. */
+export function latencyBucket(latencyMs: number, requests = 1): number {
+  const i = LATENCY_BOUNDS_MS.findIndex((bound) => latencyMs <= bound * requests);
+  return i === -1 ? LATENCY_BOUNDS_MS.length : i;
+}
+
+/** The period of a usage series' points. */
+export type SeriesBucket = 'minute' | 'hour' | 'day';
+
+export interface UsageSeriesQuery extends UsageFilter {
+  /** Inclusive. */
+  sinceMs: number;
+  /** Exclusive. */
+  untilMs: number;
+  bucket: SeriesBucket;
+}
+
+/**
+ * Usage of one model in one period of a series: the UsageRow sums, and what only the dashboard
+ * needs, failures by kind and the latency histogram. Periods are UTC minutes, hours or days; a
+ * period cut by the series' range holds only what is inside it. Rows come ordered by t, then
+ * model (bytewise); periods without usage have no row.
+ */
+export interface UsageSeriesRow extends Omit<UsageRow, 'group'> {
+  /** Start of the period (unix ms). */
+  t: number;
+  /** Failed requests by kind; they add up to `errors`. */
+  errorKinds: Record<ErrorKind, number>;
+  /** Requests per latency bucket (LATENCY_BOUNDS_MS, then the one above); they add up to `requests`. */
+  latency: number[];
 }
 
 /** Keys: what the admin API and the CLI change, and every instance reloads. */
@@ -148,6 +236,12 @@ export interface UsageStore {
   /** Buckets with ts in [sinceMs, untilMs), of every key or of one. */
   budgetBuckets(sinceMs: number, options?: { keyId?: string; untilMs?: number }): Promise<BudgetBucket[]>;
   usageReport(query: UsageQuery): Promise<UsageRow[]>;
+  /**
+   * Usage per period and model over [sinceMs, untilMs), with failures by kind and latency
+   * histograms (the dashboard's overview). Whole days and hours come from the rollups, like
+   * reports; minute periods come from raw rows only, so they suit short ranges (the last hour).
+   */
+  usageSeries(query: UsageSeriesQuery): Promise<UsageSeriesRow[]>;
 }
 
 /** Small named settings (the admin token's hash, ...). */
