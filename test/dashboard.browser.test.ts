@@ -24,10 +24,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_TOKEN, MESSAGE, startStack, type Stack } from './helpers.ts';
 import { seedRealisticUsage } from './dashboard-seed.ts';
 
-const CHROMIUM = [process.env.CLAUDCODE_TEST_CHROMIUM, '/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p): p is string => !!p && existsSync(p));
+/** The browser: CLAUDCODE_TEST_CHROMIUM when set (only it), else Debian's chromium. */
+const CHROMIUM = (process.env.CLAUDCODE_TEST_CHROMIUM ? [process.env.CLAUDCODE_TEST_CHROMIUM] : ['/usr/bin/chromium', '/usr/bin/chromium-browser']).find((p) => existsSync(p));
 if (!CHROMIUM) {
-  if (process.env.CI) throw new Error('CI: no chromium found (/usr/bin/chromium or /usr/bin/chromium-browser); .ci/run should have installed it');
-  process.stderr.write('\n[claudcode tests] skipping the dashboard browser suite: no chromium at /usr/bin/chromium or /usr/bin/chromium-browser (apt-get install chromium, or set CLAUDCODE_TEST_CHROMIUM).\n');
+  if (process.env.CI) throw new Error('CI: no chromium found (/usr/bin/chromium, /usr/bin/chromium-browser or CLAUDCODE_TEST_CHROMIUM); .ci/run should have installed it');
+  const tried = process.env.CLAUDCODE_TEST_CHROMIUM ?? '/usr/bin/chromium or /usr/bin/chromium-browser';
+  process.stderr.write(`\n[claudcode tests] skipping the dashboard browser suite: no chromium at ${tried} (apt-get install chromium, or set CLAUDCODE_TEST_CHROMIUM).\n`);
 }
 const SCREENSHOTS = process.env.CLAUDCODE_SCREENSHOTS === '1';
 const DOCS = join(import.meta.dirname, '..', 'docs');
@@ -265,16 +267,35 @@ describe.skipIf(!CHROMIUM)('dashboard in a browser', { timeout: 30_000 }, () => 
     await shot(page, 'usage');
   });
 
-  it('shows live state: upstreams and their breakers, maintenance, keys', async () => {
+  it('shows live state: upstreams and their breakers, maintenance, keys', { timeout: 40_000 }, async () => {
     await open(page, 'live');
     const upstreams = await page.locator('#upstreams-table tbody').textContent();
     expect(upstreams).toContain('closed');
     expect(await page.locator('#live-tiles').textContent()).toContain('embedded');
-    expect(await page.locator('#live-keys-table tbody').textContent()).toContain('dashboard-made');
+    // Each key's requests in the last minute against its rpm, as the limiter counts them: alice's
+    // 4 and the dashboard key's 2 admitted ones (the one refused while disabled never reached the
+    // limits), unless this machine is so slow that they have left the minute.
+    const live = JSON.parse((await pageFetch(page, '/dashboard/api/live')).text);
+    const alice = live.keys.find((k: { name: string }) => k.name === 'alice');
+    const made = live.keys.find((k: { name: string }) => k.name === 'dashboard-made');
+    expect([typeof alice.rpm_used, typeof made.rpm_used]).toEqual(['number', 'number']);
+    const keys = page.locator('#live-keys-table tbody');
+    await expect.poll(() => keys.locator('tr', { hasText: 'alice' }).textContent()).toContain(`${alice.rpm_used} / 60`);
+    await expect.poll(() => keys.locator('tr', { hasText: 'dashboard-made' }).textContent()).toContain(`${made.rpm_used} / 9`);
+    if (alice.rpm_used > 0) expect([alice.rpm_used, made.rpm_used]).toEqual([4, 2]);
     // It refreshes by itself.
     const first = await page.locator('#live-updated').textContent();
     await expect.poll(() => page.locator('#live-updated').textContent(), { timeout: 8000 }).not.toBe(first);
-    await shot(page, 'live');
+    if (SCREENSHOTS) {
+      // A few slow requests in flight while the picture is taken.
+      const client = stack.client(createdKey);
+      const slow = [1, 2, 3].map((n) =>
+        client.messages.create({ model: 'claude-sonnet-4-6', max_tokens: 100, messages: [{ role: 'user', content: `slow ${n}` }] }, { headers: { 'x-fake-latency-ms': '6000' } }),
+      );
+      await expect.poll(() => page.locator('#live-keys-table tbody tr', { hasText: 'dashboard-made' }).textContent(), { timeout: 8000 }).toContain('3 / 5');
+      await shot(page, 'live');
+      await Promise.all(slow);
+    }
   });
 
   it('shows no key material on any page or API answer after creation', async () => {

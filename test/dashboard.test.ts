@@ -351,13 +351,22 @@ describe('dashboard API', () => {
     await expect(client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 50, messages: [MESSAGE] })).rejects.toBeInstanceOf(AuthenticationError);
   });
 
-  it('shows the live state: in flight, upstreams and their breakers, maintenance, keys', async () => {
+  it('shows the live state: in flight and last minute per key, upstreams and their breakers, maintenance', async () => {
     const s = await session();
-    const live = await call('GET', '/dashboard/api/live', { cookie: s.cookie });
-    expect(live.status).toBe(200);
-    expect(live.json).toMatchObject({ mode: 'embedded', maintenance: { enabled: false }, in_flight: 0 });
-    expect(live.json.upstreams).toEqual([{ name: new URL(stack.fake.url).host, state: 'closed' }]);
-    expect(Array.isArray(live.json.keys)).toBe(true);
+    const { key, id } = await stack.newKey({ name: 'live-one', rpm: 50, concurrent: 3 });
+    const client = stack.client(key);
+    await client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 50, messages: [MESSAGE] });
+    const slow = client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 50, messages: [MESSAGE] }, { headers: { 'x-fake-latency-ms': '1500' } });
+    const live = async () => (await call('GET', '/dashboard/api/live', { cookie: s.cookie })).json;
+    await expect.poll(async () => (await live()).keys.find((k: any) => k.id === id), { timeout: 1500, interval: 50 }).toEqual({
+      id, name: 'live-one', status: 'active', rpm: 50, concurrent: 3, rpm_used: 2, in_flight: 1,
+    });
+    const during = await live();
+    expect(during).toMatchObject({ mode: 'embedded', maintenance: { enabled: false, since: null } });
+    expect(during.in_flight).toBeGreaterThanOrEqual(1);
+    expect(during.upstreams).toEqual([{ name: new URL(stack.fake.url).host, state: 'closed' }]);
+    await slow;
+    expect((await live()).keys.find((k: any) => k.id === id)).toMatchObject({ rpm_used: 2, in_flight: 0 });
   });
 
   it('validates the overview range and the explorer query', async () => {

@@ -11,7 +11,9 @@
  *   POST   keys/:id/disable, keys/:id/enable
  *   DELETE keys/:id
  *   GET    usage?by=&since=&until=&key=&model=&upstream=[&format=csv]
- *   GET    live                                 in flight, per-key use, upstreams, maintenance
+ *   GET    live                                 in flight (this instance; per key over all of them),
+ *                                               requests per key in the last minute, upstreams'
+ *                                               breakers, maintenance
  *
  * Key changes go through the admin API's validation (validateKeyInput) and end with
  * `keys.changed()`, so every instance follows within a second, as with the admin API and CLI.
@@ -61,13 +63,14 @@ const DEFAULT_SINCE = '7d';
 const MAX_EXPLORER_SPAN_MS = 400 * 86_400_000;
 
 /**
- * Per-key live use as the limiter counts it (across instances in the scale-out mode).
- * TODO(lead): RateLimiter has no such method yet. When `usageNow(keys, now)` (or however it is
- * named) lands in src/limits/types.ts, return its numbers here; until then the Live page shows
- * the limits and says the live counts are not available.
+ * Per-key live use as the limiter counts it (RateLimiter.activity: across every instance in the
+ * scale-out mode, from Redis). Keys without traffic read as 0.
  */
-async function perKeyUsage(_limits: RateLimiter, _keys: KeyRecord[], _now: number): Promise<Map<string, { rpmUsed: number; inFlight: number }> | null> {
-  return null;
+async function perKeyUsage(limits: RateLimiter, keys: KeyRecord[], now: number): Promise<Map<string, { rpmUsed: number; inFlight: number }>> {
+  const usage = new Map<string, { rpmUsed: number; inFlight: number }>();
+  for (const key of keys) usage.set(key.id, { rpmUsed: 0, inFlight: 0 });
+  for (const a of await limits.activity(keys.map((k) => k.id), now)) usage.set(a.keyId, { rpmUsed: a.lastMinute, inFlight: a.inFlight });
+  return usage;
 }
 
 export function dashboardApi(deps: DashboardApiDeps): Hono<DashboardEnv> {
@@ -183,15 +186,14 @@ export function dashboardApi(deps: DashboardApiDeps): Hono<DashboardEnv> {
       in_flight: Math.max(0, deps.inFlight() - 1),
       maintenance: describeMaintenance(deps.maintenance()),
       upstreams: deps.upstreams(),
-      per_key_available: perKey !== null,
       keys: records.map((r) => ({
         id: r.id,
         name: r.name,
         status: keyStatus(r, now),
         rpm: r.rpm,
         concurrent: r.concurrent,
-        rpm_used: perKey?.get(r.id)?.rpmUsed ?? null,
-        in_flight: perKey?.get(r.id)?.inFlight ?? null,
+        rpm_used: perKey.get(r.id)?.rpmUsed ?? 0,
+        in_flight: perKey.get(r.id)?.inFlight ?? 0,
       })),
     });
   });

@@ -9,7 +9,8 @@
  * will not run it again); a change to the schema is a new migration at the end of the list.
  *
  * Layout mirrors the SQLite store (schema.ts): keys, usage with its (key_id, ts) and (ts)
- * indexes, hourly and daily rollups per (period, key, model, upstream), meta. Differences, for
+ * indexes, hourly and daily rollups per (period, key, model, upstream) and per (period, model,
+ * upstream) over all keys, meta. Differences, for
  * PostgreSQL: every time and count is BIGINT (ms since the epoch, tokens); models is TEXT[] (but
  * mcp_servers is JSON text, as in SQLite); the keys generation is its own one-row table; and each
  * usage row carries `record_id`, a digest of the record's fields (postgres-usage.ts) under a
@@ -17,7 +18,7 @@
  */
 import type pg from 'pg';
 import { floorDiv } from './postgres-usage.ts';
-import { ERROR_COLUMNS, LATENCY_COLUMNS, rawSums, ROLLUP_COLUMNS, ROLLUPS, TOTAL_ROLLUPS } from './sql-common.ts';
+import { ERROR_COLUMNS, HOUR_MS, LATENCY_COLUMNS, rawSums, ROLLUP_COLUMNS, ROLLUPS, TOTAL_ROLLUPS } from './sql-common.ts';
 
 /**
  * The advisory lock key migrations run under ("claudc" in ASCII). Advisory locks are per
@@ -51,22 +52,29 @@ CREATE INDEX ${table}_key ON ${table} (key_id, ${period});
 }
 
 /**
- * Migration 6, part 1: the overview's columns on a per-key rollup (failed requests by kind, the
- * latency histogram: sql-common.ts ERROR_COLUMNS and LATENCY_COLUMNS, types.ts for their
+ * Migration 6, part 1: the overview's columns on the per-key rollups (failed requests by kind,
+ * the latency histogram: sql-common.ts ERROR_COLUMNS and LATENCY_COLUMNS, types.ts for their
  * meaning), added with a constant default (no rewrite), then counted exactly from the raw usage
- * rows: one aggregate of usage per rollup, joined to the rollup's rows on their primary key (one
- * new version of each rollup row; usage is only read). The other columns are left as they are.
- * Built from those constants, which therefore never change under it: another histogram or kind
- * mapping is a new migration (which freezes this one's lists first). Mirrors SQLite's migration 8.
+ * rows: one pass over usage (only read), aggregated per hour, key, model and upstream into a
+ * temporary table, which updates the hourly rollup's rows and, added up per day, the daily one's
+ * (one new version of each rollup row). Their other columns are left as they are. Built from
+ * those constants, which therefore never change under it: another histogram or kind mapping is a
+ * new migration (which freezes this one's lists first). Mirrors SQLite's migration 8.
  */
-function rollupDetails(table: string, period: string, periodMs: number): string {
+function rollupDetails(): string {
   const columns = [...ERROR_COLUMNS, ...LATENCY_COLUMNS];
-  return `
-ALTER TABLE ${table} ${columns.map((c) => `ADD COLUMN ${c} BIGINT NOT NULL DEFAULT 0`).join(', ')};
+  const update = (table: string, period: string, from: string) => `
 UPDATE ${table} AS r SET ${columns.map((c) => `${c} = f.${c}`).join(', ')}
-FROM (SELECT ${floorDiv('ts', periodMs)} AS p, key_id, model, upstream, ${rawSums(columns)}
-      FROM usage GROUP BY 1, 2, 3, 4) AS f
-WHERE r.${period} = f.p AND r.key_id = f.key_id AND r.model = f.model AND r.upstream = f.upstream;
+FROM ${from} AS f
+WHERE r.${period} = f.p AND r.key_id = f.key_id AND r.model = f.model AND r.upstream = f.upstream;`;
+  return `
+${['usage_hourly', 'usage_daily'].map((table) => `ALTER TABLE ${table} ${columns.map((c) => `ADD COLUMN ${c} BIGINT NOT NULL DEFAULT 0`).join(', ')};`).join('\n')}
+CREATE TEMP TABLE usage_details_by_hour ON COMMIT DROP AS
+  SELECT ${floorDiv('ts', HOUR_MS)} AS p, key_id, model, upstream, ${rawSums(columns)}
+  FROM usage GROUP BY 1, 2, 3, 4;
+${update('usage_hourly', 'hour', 'usage_details_by_hour')}
+${update('usage_daily', 'day', `(SELECT ${floorDiv('p', 24)} AS p, key_id, model, upstream, ${columns.map((c) => `SUM(${c}) AS ${c}`).join(', ')}
+      FROM usage_details_by_hour GROUP BY 1, 2, 3, 4)`)}
 `;
 }
 
@@ -194,7 +202,7 @@ ALTER TABLE usage_daily ADD COLUMN upstream TEXT NOT NULL DEFAULT '',
     // stored; and rollups over all keys (totalRollup), so that the overview and reports not by
     // key read a few rows per period however many keys there are.
     name: 'error kinds and latency histogram in the rollups, counted from usage; usage_hourly_total and usage_daily_total',
-    sql: ROLLUPS.map((r) => rollupDetails(r.table, r.period, r.periodMs)).join('') +
+    sql: rollupDetails() +
       TOTAL_ROLLUPS.map((r, i) => totalRollup(r.table, r.period, ROLLUPS[i]!.table)).join(''),
   },
 ];

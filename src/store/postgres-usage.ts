@@ -1,19 +1,21 @@
 /**
  * The PostgreSQL store's usage SQL: the batch insert that keeps the rollups, per-minute budget
- * buckets, and reports that read the rollups (postgres-schema.ts) for whole days and hours.
+ * buckets, and reports and the dashboard's series that read the rollups (postgres-schema.ts) for
+ * whole days and hours.
  *
  * A batch is one statement (UNNEST of one array per column), so it commits or fails whole and
  * costs one round trip whatever its size. Each row's primary key is a digest of the record's
  * fields (`recordId`): a batch written again, because the connection dropped before its COMMIT
  * was acknowledged, conflicts on every row it already wrote and skips them, and the rollups are
- * summed only from the rows this statement actually inserted. The rollups are upserted in key
+ * summed only from the rows this statement actually inserted (aggregated once per hour, key, model
+ * and upstream, then added to each rollup: sql-common.ts). The rollups are upserted in key
  * order, so that instances writing overlapping groups at once take row locks in the same order
  * and cannot deadlock.
  *
  * Reports split [since, until) as the SQLite store does, with the same code (sql-common.ts):
- * whole UTC days from usage_daily, whole hours of the partial days from usage_hourly, raw rows
- * only in the partial hours at the very edges, so that they equal one aggregate over the raw
- * rows exactly.
+ * whole UTC days from a daily rollup, whole hours of the partial days from an hourly one (per key
+ * when by key or of one key, else over all keys), raw rows only in the partial hours at the very
+ * edges, so that they equal one aggregate over the raw rows exactly.
  */
 import { createHash } from 'node:crypto';
 import {

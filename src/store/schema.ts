@@ -83,21 +83,29 @@ CREATE INDEX ${table}_key ON ${table} (key_id, ${period});
 }
 
 /**
- * Migration 8, part 1: the overview's columns on a per-key rollup (failed requests by kind, the
- * latency histogram: sql-common.ts ERROR_COLUMNS and LATENCY_COLUMNS, types.ts for their
- * meaning), 0 by default, then counted exactly from the raw usage rows: one aggregate of usage
- * per rollup, joined to the rollup's rows on their key. The rollup's other columns are left as
- * they are. Built from those constants, which therefore never change under it: another histogram
- * or kind mapping is a new migration (which freezes this one's lists first).
+ * Migration 8, part 1: the overview's columns on the per-key rollups (failed requests by kind,
+ * the latency histogram: sql-common.ts ERROR_COLUMNS and LATENCY_COLUMNS, types.ts for their
+ * meaning), 0 by default, then counted exactly from the raw usage rows: one pass over usage,
+ * aggregated per hour, key, model and upstream into a temporary table, which updates the hourly
+ * rollup's rows and, added up per day, the daily one's. Their other columns are left as they are.
+ * Built from those constants, which therefore never change under it: another histogram or kind
+ * mapping is a new migration (which freezes this one's lists first).
  */
-function rollupDetails(table: string, period: string, periodMs: number): string {
+function rollupDetails(): string {
   const columns = [...ERROR_COLUMNS, ...LATENCY_COLUMNS];
-  return `
-${columns.map((c) => `ALTER TABLE ${table} ADD COLUMN ${c} INTEGER NOT NULL DEFAULT 0;`).join('\n')}
+  const update = (table: string, period: string, from: string) => `
 UPDATE ${table} SET ${columns.map((c) => `${c} = f.${c}`).join(', ')}
-FROM (SELECT ts / ${periodMs} - (ts % ${periodMs} < 0) AS p, key_id, model, upstream, ${rawSums(columns)}
-      FROM usage GROUP BY 1, 2, 3, 4) AS f
-WHERE ${table}.${period} = f.p AND ${table}.key_id = f.key_id AND ${table}.model = f.model AND ${table}.upstream = f.upstream;
+FROM ${from} AS f
+WHERE ${table}.${period} = f.p AND ${table}.key_id = f.key_id AND ${table}.model = f.model AND ${table}.upstream = f.upstream;`;
+  return `
+${['usage_hourly', 'usage_daily'].flatMap((table) => columns.map((c) => `ALTER TABLE ${table} ADD COLUMN ${c} INTEGER NOT NULL DEFAULT 0;`)).join('\n')}
+CREATE TEMP TABLE usage_details_by_hour AS
+  SELECT ts / ${HOUR_MS} - (ts % ${HOUR_MS} < 0) AS p, key_id, model, upstream, ${rawSums(columns)}
+  FROM usage GROUP BY 1, 2, 3, 4;
+${update('usage_hourly', 'hour', 'temp.usage_details_by_hour')}
+${update('usage_daily', 'day', `(SELECT p / 24 - (p % 24 < 0) AS p, key_id, model, upstream, ${columns.map((c) => `SUM(${c}) AS ${c}`).join(', ')}
+      FROM temp.usage_details_by_hour GROUP BY 1, 2, 3, 4)`)}
+DROP TABLE temp.usage_details_by_hour;
 `;
 }
 
@@ -226,7 +234,7 @@ ${rollupWithUpstream('usage_hourly', 'hour')}${rollupWithUpstream('usage_daily',
     // stored; and rollups over all keys (totalRollup), so that the overview and reports not by
     // key read a few rows per period however many keys there are.
     name: 'error kinds and latency histogram in the rollups, counted from usage; usage_hourly_total and usage_daily_total',
-    sql: ROLLUPS.map((r) => rollupDetails(r.table, r.period, r.periodMs)).join('') +
+    sql: rollupDetails() +
       TOTAL_ROLLUPS.map((r, i) => totalRollup(r.table, r.period, ROLLUPS[i]!.table)).join(''),
   },
 ];

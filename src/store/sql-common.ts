@@ -1,8 +1,10 @@
 /**
  * What the two SQL stores (SQLite: sqlite-db.ts; PostgreSQL: postgres.ts and postgres-usage.ts)
- * share word for word: how a keys row maps to a KeyRecord and which columns a patch may set, and
- * how a usage report is split over the rollups and summed. One home, so that the stores cannot
- * drift apart; the contract suite (test/store.test.ts) holds them to the same answers.
+ * share word for word: how a keys row maps to a KeyRecord and which columns a patch may set, how
+ * a batch is added to the rollups (with the dashboard's error kinds and latency histogram), and
+ * how a usage report or series is split over the rollups and summed. One home, so that the
+ * stores cannot drift apart; the contract suite (test/store.test.ts) holds them to the same
+ * answers.
  *
  * Only what is really the same is here. What differs by dialect stays with its store, in plain
  * view: placeholders (`?` against `$n`: callers pass `param`, which records a value and returns

@@ -4,11 +4,13 @@
  * a long report or a write waiting on another process's lock (busy_timeout) blocks that thread,
  * never the gateway's request thread; sqlite.ts is the async face the gateway holds.
  *
- * Reports read the daily and hourly rollups (schema.ts) for the whole days and hours of a range
- * and raw usage rows only in the partial hours at its edges, so that they cost about the same on
- * a million rows as on a thousand and give exactly what one aggregate over the raw rows would.
- * That split, the sums and the keys row mapping are shared with the PostgreSQL store
- * (sql-common.ts); what is SQLite's own (placeholders, integer division, types) is here.
+ * Reports and the dashboard's series read the daily and hourly rollups (schema.ts: per key, and
+ * over all keys) for the whole days and hours of a range and raw usage rows only in the partial
+ * hours at its edges, so that they cost about the same on a million rows as on a thousand and
+ * give exactly what one aggregate over the raw rows would. Each insert adds its batch to the four
+ * rollups in its own transaction. That split, the sums, the rollup upserts and the keys row
+ * mapping are shared with the PostgreSQL store (sql-common.ts); what is SQLite's own
+ * (placeholders, integer division, types, the batch's temporary table) is here.
  */
 import { chmodSync, closeSync, constants, mkdirSync, openSync, statSync } from 'node:fs';
 import { join } from 'node:path';

@@ -536,7 +536,6 @@
   let liveTimer;
 
   function ratio(used, limit) {
-    if (used === null || used === undefined) return el('span', { className: 'muted', text: `– / ${fmtInt(limit)}` });
     return el('div', {}, meter(used, limit), el('div', { className: 'meter-text', text: `${fmtInt(used)} / ${fmtInt(limit)}` }));
   }
 
@@ -546,16 +545,15 @@
       const data = await api('live');
       if (current !== 'live') return;
       const m = data.maintenance;
+      const sum = (field) => data.keys.reduce((a, k) => a + k[field], 0);
       $('#live-tiles').replaceChildren(
-        tile('In flight (this instance)', fmtInt(data.in_flight)),
+        tile('In flight', fmtInt(sum('in_flight')), data.mode === 'scale-out' ? `every instance · ${fmtInt(data.in_flight)} here` : undefined),
+        tile('Requests, last minute', fmtInt(sum('rpm_used'))),
         tile('Mode', data.mode),
         tile('Maintenance', m.enabled ? 'on' : 'off', m.enabled && m.since ? `since ${fmtDateTime(m.since)}` : undefined),
         tile('Upstreams closed', `${data.upstreams.filter((u) => u.state === 'closed').length} / ${data.upstreams.length}`),
       );
       $('#upstreams-table tbody').replaceChildren(...data.upstreams.map((u) => el('tr', {}, el('td', { text: u.name }), el('td', {}, el('span', { className: `badge ${u.state}`, text: u.state })))));
-      const note = $('#live-per-key-note');
-      note.hidden = data.per_key_available;
-      note.textContent = data.per_key_available ? '' : 'Per-key live counts are not available from this gateway’s limiter yet; limits shown.';
       $('#live-keys-table tbody').replaceChildren(
         ...data.keys.map((k) => el('tr', {}, el('td', { text: k.name }), el('td', {}, el('span', { className: `badge ${k.status}`, text: k.status })), el('td', {}, ratio(k.rpm_used, k.rpm)), el('td', {}, ratio(k.in_flight, k.concurrent)))),
       );
