@@ -33,6 +33,7 @@ import { explorerReport } from '../src/dashboard/explorer.ts';
 import { overviewReport } from '../src/dashboard/overview.ts';
 import { createLogger } from '../src/logger.ts';
 import { PostgresStore } from '../src/store/postgres.ts';
+import { ALL_ROLLUPS } from '../src/store/sql-common.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { errorKind, type ErrorKind, type KeyRecord, type Store, type UsageRecord } from '../src/store/types.ts';
 import { seededRandom } from '../test/random.ts';
@@ -45,8 +46,19 @@ const { values } = parseArgs({
     'no-postgres': { type: 'boolean', default: false },
     'postgres-url': { type: 'string', default: process.env.CLAUDCODE_BENCH_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres' },
     'max-minutes': { type: 'string', default: '30' },
+    help: { type: 'boolean', default: false },
   },
 });
+if (values.help) {
+  console.log(`npm run bench:dashboard -- [options]
+  --rows N            usage records to write (default 1000000)
+  --runs N            warm runs per report, the median reported (default 5)
+  --batch N           records per insertUsage call (default 5000)
+  --no-postgres       SQLite only
+  --postgres-url URL  the server to create the bench database on (default $CLAUDCODE_BENCH_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/postgres)
+  --max-minutes N     stop (and clean up) after this long (default 30)`);
+  process.exit(0);
+}
 const ROWS = Number(values.rows);
 const RUNS = Number(values.runs);
 const BATCH = Number(values.batch);
@@ -58,6 +70,8 @@ const KEYS = 200;
 const MODELS = [['claude-sonnet-4-6', 0.6], ['claude-haiku-4-5', 0.3], ['claude-opus-4-6', 0.1]] as const;
 const UPSTREAMS = [['anthropic-main', 0.7], ['backup-eu', 0.3]] as const;
 const RANGES: OverviewRange[] = ['hour', 'day', 'week', 'month'];
+/** The tables whose rows the bench counts: usage and every rollup. */
+const TABLES = ['usage', ...ALL_ROLLUPS.map((r) => r.table)];
 
 /** The default catalog's models and prices. */
 const CATALOG = new ModelCatalog(DEFAULT_MODELS as ModelEntry[]);
@@ -255,7 +269,7 @@ try {
     const { DatabaseSync } = await import('node:sqlite');
     const raw = new DatabaseSync(join(dataDir, 'claudcode.db'), { readOnly: true });
     const rows = (table: string) => (raw.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
-    results.rollupRows['SQLite'] = { usage: rows('usage'), usage_hourly: rows('usage_hourly'), usage_daily: rows('usage_daily') };
+    results.rollupRows['SQLite'] = Object.fromEntries(TABLES.map((table) => [table, rows(table)]));
     raw.close();
     results.timings.push(...(await timeReports('SQLite', () => SqliteStore.open(dataDir))));
   }
@@ -292,7 +306,9 @@ try {
     try {
       await client.query('VACUUM ANALYZE'); // as autovacuum would, soon after a bulk load
       const rows = async (table: string) => Number((await client.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
-      results.rollupRows['PostgreSQL'] = { usage: await rows('usage'), usage_hourly: await rows('usage_hourly'), usage_daily: await rows('usage_daily') };
+      const counts: Record<string, number> = {};
+      for (const table of TABLES) counts[table] = await rows(table);
+      results.rollupRows['PostgreSQL'] = counts;
     } finally {
       await client.end();
     }
@@ -300,7 +316,10 @@ try {
   }
 
   // Report
-  console.log(`\nrollup rows: ${Object.entries(results.rollupRows).map(([store, r]) => `${store} hourly ${r['usage_hourly']!.toLocaleString('en-US')}, daily ${r['usage_daily']!.toLocaleString('en-US')}`).join('; ')}\n`);
+  for (const [store, counts] of Object.entries(results.rollupRows)) {
+    console.log(`${store} rows: ${Object.entries(counts).map(([table, n]) => `${table} ${n.toLocaleString('en-US')}`).join(', ')}`);
+  }
+  console.log();
   const table = [['store', 'report', 'points/rows', 'cold (ms)', `warm, median of ${RUNS} (ms)`]];
   for (const t of results.timings) table.push([t.store, t.report, String(t.points), t.coldMs.toFixed(1), t.warmMs.toFixed(1)]);
   const widths = table[0]!.map((_, c) => Math.max(...table.map((row) => row[c]!.length)));

@@ -2,8 +2,10 @@
  * The Store contract, one suite run over every implementation: the embedded SQLite store (a temp
  * directory) and the PostgreSQL store (a fresh database on the machine's server, dropped after;
  * skipped, and said so, when the server is not reachable). Keys, the keys generation, meta,
- * usage rows, reports and budget buckets, persistence across reopening, a second store on the
- * same data.
+ * usage rows, reports (by hour too, narrowed by model and upstream), the dashboard's series
+ * (error kinds as types.ts maps them, latency buckets, periods, filters, and against a plain
+ * computation on random records) and budget buckets, persistence across reopening, a second store
+ * on the same data.
  *
  * What only one implementation has is tested beside it: SQLite's locking here, its rollups and
  * migrations in store-rollup.test.ts, its worker thread in store-worker.test.ts; PostgreSQL's

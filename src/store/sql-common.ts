@@ -342,7 +342,7 @@ function rollupsFor(by: PartGrouping, filter: UsageFilter): Rollup[] {
  * none for an empty range. `param` records a value and returns its placeholder, in the order the
  * placeholders appear. The caller's outer query adds the parts up per (g, model) and labels g.
  */
-export function partSelects(
+function partSelects(
   range: UsageFilter & { sinceMs?: number | undefined; untilMs?: number | undefined },
   by: PartGrouping,
   group: GroupValues,

@@ -176,7 +176,7 @@ export function errorKind(status: number, outcome: UsageOutcome): ErrorKind | nu
 /**
  * The latency histogram's buckets: upper bounds in ms, inclusive; one more bucket holds what is
  * above the last. Steps of at most 2.5× from cache hits (≤ 10 ms) to long streams (5 min), and
- * at most 1.75× between 1 and 30 s where most API calls end, so that a percentile interpolated
+ * at most 1.75× between 2 and 30 s where most API calls end, so that a percentile interpolated
  * inside a bucket (dashboard/overview.ts) is close. A record standing for several requests
  * (`requests` > 1, its latencyMs their sum) puts all of them in the bucket of their mean.
  * The rollups hold one column per bucket (schema.ts migration 8, postgres-schema.ts migration 6):
