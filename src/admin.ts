@@ -14,7 +14,7 @@ import { createKey, describeKey, type KeyRegistry } from './keys.ts';
 import type { Logger } from './logger.ts';
 import type { GatewayEnv } from './pipeline.ts';
 import { isUsageGrouping, usageReport, USAGE_GROUPINGS_TEXT } from './reports.ts';
-import type { KeyPatch, Store } from './store/types.ts';
+import type { KeyPatch, KeyRecord, Store } from './store/types.ts';
 
 const ADMIN_TOKEN_META = 'admin_token_sha256';
 
@@ -168,6 +168,49 @@ function parseTime(value: string | undefined, name: string, now: number = Date.n
   return ms;
 }
 
+/**
+ * Key changes as the admin API and the dashboard make them: input validated (KeyInput), stored,
+ * and announced so every instance follows within a second.
+ */
+export class KeyChanges {
+  private readonly deps: Pick<AdminDeps, 'config' | 'store' | 'keys' | 'catalog'>;
+  private readonly mcpServerNames: string[];
+
+  constructor(deps: Pick<AdminDeps, 'config' | 'store' | 'keys' | 'catalog'>) {
+    this.deps = deps;
+    this.mcpServerNames = Object.keys(deps.config.mcpServers);
+  }
+
+  /** A new key from a create request's body; the key itself is returned this once. */
+  async create(body: unknown): Promise<{ record: KeyRecord; key: string }> {
+    const patch = validateKeyInput(body, this.deps.catalog, false, this.mcpServerNames);
+    const created = await createKey(this.deps.store, this.deps.config.keyDefaults, { ...patch, name: patch.name! });
+    await this.deps.keys.changed();
+    return created;
+  }
+
+  /** Applies an update request's body. */
+  async update(id: string, body: unknown): Promise<KeyRecord> {
+    return this.apply(id, validateKeyInput(body, this.deps.catalog, true, this.mcpServerNames));
+  }
+
+  async setDisabled(id: string, disabled: boolean): Promise<KeyRecord> {
+    return this.apply(id, { disabled });
+  }
+
+  async remove(id: string): Promise<void> {
+    if (!(await this.deps.store.deleteKey(id))) throw new NotFoundError(`No key with id ${id}.`);
+    await this.deps.keys.changed();
+  }
+
+  private async apply(id: string, patch: KeyPatch): Promise<KeyRecord> {
+    const updated = await this.deps.store.updateKey(id, patch);
+    if (!updated) throw new NotFoundError(`No key with id ${id}.`);
+    await this.deps.keys.changed();
+    return updated;
+  }
+}
+
 export interface AdminDeps {
   config: Config;
   store: Store;
@@ -182,7 +225,7 @@ export interface AdminDeps {
 
 export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
   const { store, keys, catalog, logger } = deps;
-  const mcpServerNames = Object.keys(deps.config.mcpServers);
+  const changes = new KeyChanges(deps);
   const admin = new Hono<GatewayEnv>();
 
   admin.use('*', deps.auth.bearer());
@@ -195,33 +238,21 @@ export function adminRoutes(deps: AdminDeps): Hono<GatewayEnv> {
     return key;
   };
 
-  const update = async (id: string, patch: KeyPatch) => {
-    const updated = await store.updateKey(id, patch);
-    if (!updated) throw new NotFoundError(`No key with id ${id}.`);
-    await keys.changed();
-    return describeKey(updated);
-  };
-
   admin.get('/keys', async (c) => c.json({ data: (await store.listKeys()).map(describeKey) }));
 
   admin.post('/keys', async (c) => {
-    const patch = validateKeyInput(await readJson(c.req.raw), catalog, false, mcpServerNames);
-    const { record, key } = await createKey(store, deps.config.keyDefaults, { ...patch, name: patch.name! });
-    await keys.changed();
+    const { record, key } = await changes.create(await readJson(c.req.raw));
     return c.json({ ...describeKey(record), key }, 201);
   });
 
   admin.get('/keys/:id', async (c) => c.json(describeKey(await keyOr404(c.req.param('id')))));
-
-  admin.patch('/keys/:id', async (c) => c.json(await update(c.req.param('id'), validateKeyInput(await readJson(c.req.raw), catalog, true, mcpServerNames))));
-
-  admin.post('/keys/:id/disable', async (c) => c.json(await update(c.req.param('id'), { disabled: true })));
-  admin.post('/keys/:id/enable', async (c) => c.json(await update(c.req.param('id'), { disabled: false })));
+  admin.patch('/keys/:id', async (c) => c.json(describeKey(await changes.update(c.req.param('id'), await readJson(c.req.raw)))));
+  admin.post('/keys/:id/disable', async (c) => c.json(describeKey(await changes.setDisabled(c.req.param('id'), true))));
+  admin.post('/keys/:id/enable', async (c) => c.json(describeKey(await changes.setDisabled(c.req.param('id'), false))));
 
   admin.delete('/keys/:id', async (c) => {
     const id = c.req.param('id');
-    if (!(await store.deleteKey(id))) throw new NotFoundError(`No key with id ${id}.`);
-    await keys.changed();
+    await changes.remove(id);
     return c.json({ id, deleted: true });
   });
 

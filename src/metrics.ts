@@ -91,24 +91,22 @@ export class GatewayMetrics {
         this.set(sources.inFlight());
       },
     });
-    new Gauge({
-      name: 'claudcode_cache_entries',
-      help: 'Response cache entries, by tier.',
-      labelNames: ['tier'],
-      registers,
-      async collect() {
-        for (const [tier, stats] of Object.entries(await sources.cacheStats())) this.set({ tier }, stats.entries);
-      },
-    });
-    new Gauge({
-      name: 'claudcode_cache_bytes',
-      help: 'Response cache size in bytes, by tier.',
-      labelNames: ['tier'],
-      registers,
-      async collect() {
-        for (const [tier, stats] of Object.entries(await sources.cacheStats())) this.set({ tier }, stats.bytes);
-      },
-    });
+    // Cache size by tier, entries and bytes (the registry collects gauges concurrently, so each
+    // reads the stats itself; a scrape every few seconds makes that nothing).
+    for (const [name, help, field] of [
+      ['claudcode_cache_entries', 'Response cache entries, by tier.', 'entries'],
+      ['claudcode_cache_bytes', 'Response cache size in bytes, by tier.', 'bytes'],
+    ] as const) {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['tier'],
+        registers,
+        async collect() {
+          for (const [tier, stats] of Object.entries(await sources.cacheStats())) this.set({ tier }, stats[field]);
+        },
+      });
+    }
     new Gauge({
       name: 'claudcode_upstream_up',
       help: "1 while an upstream's circuit breaker lets requests through (closed or half-open), 0 while it is open.",

@@ -5,19 +5,8 @@
  * (a seeded generator), so the screenshots only change when the dashboard does.
  */
 import type { Stack } from './helpers.ts';
+import { seededRandom as generator } from './random.ts';
 import type { UsageRecord } from '../src/store/types.ts';
-
-/** Mulberry32: a small seeded generator, good enough for plausible noise. */
-function generator(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Team {
   name: string;

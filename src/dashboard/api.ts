@@ -19,16 +19,16 @@
  * `keys.changed()`, so every instance follows within a second, as with the admin API and CLI.
  */
 import { Hono } from 'hono';
-import { parseTime, readJsonBody, validateKeyInput } from '../admin.ts';
+import { KeyChanges, parseTime, readJsonBody } from '../admin.ts';
 import type { BackendMode } from '../backends.ts';
 import type { ModelCatalog } from '../catalog.ts';
 import type { Config } from '../config.ts';
-import { InvalidRequestError, NotFoundError } from '../errors.ts';
-import { createKey, describeKey, keyStatus, type KeyRegistry } from '../keys.ts';
+import { InvalidRequestError } from '../errors.ts';
+import { describeKey, keyStatus, type KeyRegistry } from '../keys.ts';
 import { formatWait, formatWindow } from '../limits/format.ts';
 import type { RateLimiter } from '../limits/types.ts';
 import { describeMaintenance, type MaintenanceState } from '../maintenance.ts';
-import type { KeyPatch, KeyRecord, Store } from '../store/types.ts';
+import type { KeyRecord, Store } from '../store/types.ts';
 import type { UpstreamState } from '../upstream/pool.ts';
 import type { ExplorerGrouping, ExplorerQuery, ExplorerRow, Overview, OverviewRange } from './data.ts';
 import type { DashboardEnv } from './routes.ts';
@@ -92,12 +92,7 @@ export function dashboardApi(deps: DashboardApiDeps): Hono<DashboardEnv> {
     };
   };
 
-  const update = async (id: string, patch: KeyPatch) => {
-    const updated = await store.updateKey(id, patch);
-    if (!updated) throw new NotFoundError(`No key with id ${id}.`);
-    await keys.changed();
-    return keyView(updated, clock());
-  };
+  const changes = new KeyChanges(deps);
 
   api.get('/overview', async (c) => {
     const range = c.req.query('range') ?? 'day';
@@ -122,20 +117,17 @@ export function dashboardApi(deps: DashboardApiDeps): Hono<DashboardEnv> {
   });
 
   api.post('/keys', async (c) => {
-    const patch = validateKeyInput(await readJsonBody(c.req.raw), catalog, false, mcpServerNames);
-    const { record, key } = await createKey(store, deps.config.keyDefaults, { ...patch, name: patch.name! });
-    await keys.changed();
+    const { record, key } = await changes.create(await readJsonBody(c.req.raw));
     return c.json({ ...(await keyView(record, clock())), key }, 201);
   });
 
-  api.patch('/keys/:id', async (c) => c.json(await update(c.req.param('id'), validateKeyInput(await readJsonBody(c.req.raw), catalog, true, mcpServerNames))));
-  api.post('/keys/:id/disable', async (c) => c.json(await update(c.req.param('id'), { disabled: true })));
-  api.post('/keys/:id/enable', async (c) => c.json(await update(c.req.param('id'), { disabled: false })));
+  api.patch('/keys/:id', async (c) => c.json(await keyView(await changes.update(c.req.param('id'), await readJsonBody(c.req.raw)), clock())));
+  api.post('/keys/:id/disable', async (c) => c.json(await keyView(await changes.setDisabled(c.req.param('id'), true), clock())));
+  api.post('/keys/:id/enable', async (c) => c.json(await keyView(await changes.setDisabled(c.req.param('id'), false), clock())));
 
   api.delete('/keys/:id', async (c) => {
     const id = c.req.param('id');
-    if (!(await store.deleteKey(id))) throw new NotFoundError(`No key with id ${id}.`);
-    await keys.changed();
+    await changes.remove(id);
     return c.json({ id, deleted: true });
   });
 
@@ -155,7 +147,8 @@ export function dashboardApi(deps: DashboardApiDeps): Hono<DashboardEnv> {
       untilMs,
       keyId: c.req.query('key') || undefined,
       model: c.req.query('model') || undefined,
-      upstream: c.req.query('upstream') || undefined,
+      // The explorer labels requests no upstream served "(none)": that label selects them.
+      upstream: upstreamFilter(c.req.query('upstream')),
     };
     const rows = await reports.explorer(query, await store.listKeys());
     if (format === 'csv') {
@@ -199,4 +192,10 @@ export function dashboardApi(deps: DashboardApiDeps): Hono<DashboardEnv> {
   });
 
   return api;
+}
+
+/** The explorer's upstream filter: none when absent or empty, '' (no upstream) for "(none)". */
+function upstreamFilter(value: string | undefined): string | undefined {
+  if (value === undefined || value === '') return undefined;
+  return value === '(none)' ? '' : value;
 }
