@@ -107,7 +107,7 @@ const OPTS = {
 /** A run during which other processes used this much of a core (in %) is flagged as noisy. */
 const NOISY_PCT = 10;
 /** The whole run is killed (and fails) after this long, whatever happens. */
-const HARD_LIMIT_MS = QUICK ? 120_000 : 420_000;
+const HARD_LIMIT_MS = QUICK ? 150_000 : 540_000;
 
 // ---------------------------------------------------------------------------
 // The request
@@ -667,6 +667,36 @@ async function measureFailover(gatewayEnv: Record<string, string>, fakeUrl: stri
   });
 }
 
+/**
+ * CPU per stream event: the gateway's CPU per stream at two lengths (the run's streams and
+ * 500-delta ones), measured back to back at the throughput concurrency; the difference over the
+ * extra events is what one more event costs, apart from what every stream costs once.
+ */
+const LONG_STREAM_TOKENS = 500;
+async function measureStreamEvents(target: Target, pids: Pids) {
+  const withTokens = (tokens: number): Target => ({
+    ...target,
+    headers: { ...target.headers, stream: { ...target.headers.stream, 'x-fake-output-tokens': String(tokens) } },
+  });
+  const short = withTokens(OPTS.outputTokens);
+  const long = withTokens(LONG_STREAM_TOKENS);
+  const cpu: Record<'short' | 'long', number[]> = { short: [], long: [] };
+  const reps = Math.max(2, Math.min(3, OPTS.reps));
+  for (let rep = 1; rep <= reps; rep++) {
+    await waitForQuiet(pids);
+    for (const [name, t] of rep % 2 ? ([['short', short], ['long', long]] as const) : ([['long', long], ['short', short]] as const)) {
+      const result = await measure(t, 'stream', 'throughput', rep, pids);
+      cpu[name].push(result.cpuUsPerRequest.gateway ?? NaN);
+      console.log(`  rep ${rep}/${reps}  events     ${name.padEnd(6)} ${target.name.padEnd(9)}  ${String(result.ok).padStart(6)} ok  ${Math.round(result.cpuUsPerRequest.gateway ?? NaN)} µs gateway CPU per stream${result.failed ? `  ${result.failed} FAILED` : ''}`);
+    }
+  }
+  const shortUs = median(cpu.short);
+  const longUs = median(cpu.long);
+  const shortEvents = OPTS.outputTokens + 6;
+  const longEvents = LONG_STREAM_TOKENS + 6;
+  return { shortEvents, longEvents, shortUs, longUs, perEventUs: (longUs - shortUs) / (longEvents - shortEvents) };
+}
+
 async function main(): Promise<void> {
   const runStarted = performance.now();
   const pinned = OPTS.pin && canPin();
@@ -799,6 +829,12 @@ async function main(): Promise<void> {
       }
     }
   }
+
+  console.log('CPU per stream event: streams of two lengths, back to back');
+  const streamEvents = {
+    embedded: await measureStreamEvents(targets.gateway!, pids),
+    ...(scaleOut ? { scaleOut: await measureStreamEvents(targets.scaleout!, pidsFor('scaleout')) } : {}),
+  };
 
   console.log('Failover: the first upstream dead (breaker open) against both healthy');
   const failover = await measureFailover(gatewayEnv, fakeUrl, gatewayKey, pinned, pids);
@@ -933,6 +969,14 @@ async function main(): Promise<void> {
     ),
   );
 
+  console.log(`\nCPU per stream event (gateway CPU per stream at ${OPTS.concurrency} in flight, two lengths)`);
+  console.log(
+    table(
+      ['', `${streamEvents.embedded.shortEvents}-event stream`, `${streamEvents.embedded.longEvents}-event stream`, 'per event'],
+      Object.entries(streamEvents).map(([name, e]) => [name === 'embedded' ? 'embedded' : 'scale-out', us(e.shortUs), us(e.longUs), `${e.perEventUs.toFixed(2)} µs`]),
+    ),
+  );
+
   console.log(`\nFailover (embedded gateway, two upstreams by priority): the first one dead, its breaker open, against both healthy`);
   console.log(
     table(
@@ -957,6 +1001,10 @@ async function main(): Promise<void> {
       `| ${r.scenario} throughput (${OPTS.concurrency} in flight) | ${rps(r.directRps)} | ${rps(r.hitRps)} | ${rps(r.missRps)} |`,
       `| ${r.scenario}, gateway CPU per request | – | ${us(r.hitCpuUs)} | ${us(r.missCpuUs)} |`,
     ]),
+    '',
+    `| CPU per stream event (${OPTS.concurrency} in flight) | ${streamEvents.embedded.shortEvents}-event stream | ${streamEvents.embedded.longEvents}-event stream | Per event |`,
+    '|---|--:|--:|--:|',
+    ...Object.entries(streamEvents).map(([name, e]) => `| ${name === 'embedded' ? 'Embedded' : 'Scale-out'} gateway | ${us(e.shortUs)} | ${us(e.longUs)} | ${e.perEventUs.toFixed(2)} µs |`),
     '',
     '| Failover (embedded, 1 in flight) | Both upstreams healthy | First upstream dead (breaker open) | Added |',
     '|---|--:|--:|--:|',
@@ -1005,6 +1053,7 @@ async function main(): Promise<void> {
       ),
       cpuUsPerRequest: cpu.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 0) : v]))),
       cache: cacheRows.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 3) : v]))),
+      streamEvents: Object.fromEntries(Object.entries(streamEvents).map(([k, e]) => [k, Object.fromEntries(Object.entries(e).map(([f, v]) => [f, round(v, 2)]))])),
       failover: failover.map((f) => Object.fromEntries(Object.entries(f).map(([k, v]) => [k, typeof v === 'number' ? round(v, 3) : v]))),
     },
     runs: Object.fromEntries(

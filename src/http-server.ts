@@ -15,7 +15,7 @@
  * Node's own answers to these are bare status lines; clientErrorHandler sends Anthropic-shaped
  * bodies instead, so SDKs and scripts see the same error shape as for the gateway's own refusals.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { ServerOptions } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Config } from './config.ts';
@@ -40,8 +40,16 @@ export function httpServerOptions(config: Pick<Config, 'headersTimeoutMs' | 'req
 }
 
 /** The id in x-request-id, request-id and error bodies. */
+/**
+ * Request ids: 16 random hex digits per process, then a counter — unique across instances and
+ * restarts like a UUID, without making and reformatting one per request (the hot path). An id
+ * names a request in logs and usage; it grants nothing, so being guessable in order is fine.
+ */
+const REQUEST_ID_PREFIX = `req_cc_${randomBytes(8).toString('hex')}`;
+let requestCounter = 0;
+
 export function newRequestId(): string {
-  return `req_cc_${randomUUID().replaceAll('-', '')}`;
+  return REQUEST_ID_PREFIX + (++requestCounter).toString(16).padStart(16, '0');
 }
 
 const REASONS: Record<number, string> = { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' };
