@@ -56,6 +56,7 @@ export class GatewayMetrics {
   private readonly upstreamAttempts: Counter;
   /** Label-bound series by request kind (as many as the label combinations prom-client holds). */
   private readonly series = new Map<string, RequestSeries>();
+  private readonly attemptSeries = new Map<string, { attempts: { inc(): void }; duration: { observe(seconds: number): void } }>();
 
   constructor(options: { perKeyLabels: boolean; sources: MetricsSources }) {
     this.perKey = options.perKeyLabels;
@@ -166,8 +167,17 @@ export class GatewayMetrics {
 
   /** One upstream attempt ended: `result` is ok, or the failure (e.g. 529, connect_error). */
   upstreamAttempt(upstream: string, result: string, seconds: number): void {
-    this.upstreamAttempts.inc({ upstream, result });
-    this.upstreamDuration.observe({ upstream, result: result === 'ok' ? 'ok' : 'failure' }, seconds);
+    const id = `${upstream}\u0000${result}`;
+    let series = this.attemptSeries.get(id);
+    if (!series) {
+      series = {
+        attempts: this.upstreamAttempts.labels({ upstream, result }),
+        duration: this.upstreamDuration.labels({ upstream, result: result === 'ok' ? 'ok' : 'failure' }),
+      };
+      this.attemptSeries.set(id, series);
+    }
+    series.attempts.inc();
+    series.duration.observe(seconds);
   }
 
   /** The text Prometheus scrapes. */
