@@ -13,8 +13,15 @@ const REDACT = [
   'err.options', 'err.config', 'err.request',
 ];
 
+/**
+ * Logs go to stdout through a buffer written in the background (sonic-boom, async): at the
+ * default level every request logs a line, and a write system call per line was a cost on the
+ * hot path. pino flushes the buffer when the process exits; a crash (kill -9) may lose the last
+ * few kilobytes of log lines, never usage (that is in the store).
+ */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
-  return pino({ level, base: { service: 'claudcode' }, redact: { paths: REDACT, censor: '[redacted]' } }, destination);
+  const out = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  return pino({ level, base: { service: 'claudcode' }, redact: { paths: REDACT, censor: '[redacted]' } }, out);
 }
 
 /**
