@@ -14,13 +14,14 @@ const REDACT = [
 ];
 
 /**
- * Logs go to stdout through a buffer written in the background (sonic-boom, async): at the
- * default level every request logs a line, and a write system call per line was a cost on the
- * hot path. pino flushes the buffer when the process exits; a crash (kill -9) may lose the last
- * few kilobytes of log lines, never usage (that is in the store).
+ * Logs go to stdout written in the background (sonic-boom, async): at the default level every
+ * request logs a line, and a blocking write system call per line was a cost on the hot path. A
+ * line goes out at once when no write is in flight; lines logged during one are joined into the
+ * next write, so under load many lines share a system call. pino flushes what is pending when the
+ * process exits; a crash (kill -9) may lose the last lines, never usage (that is in the store).
  */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
-  const out = destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  const out = destination ?? pino.destination({ dest: 1, sync: false, minLength: 0 });
   return pino({ level, base: { service: 'claudcode' }, redact: { paths: REDACT, censor: '[redacted]' } }, out);
 }
 
