@@ -36,7 +36,7 @@ import { PostgresStore } from '../src/store/postgres.ts';
 import { ALL_ROLLUPS } from '../src/store/sql-common.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { errorKind, type ErrorKind, type KeyRecord, type Store, type UsageRecord } from '../src/store/types.ts';
-import { seededRandom } from '../test/random.ts';
+import { diurnalTimestamps, seededRandom } from '../test/random.ts';
 
 const { values } = parseArgs({
   options: {
@@ -106,17 +106,6 @@ function logNormal(median: number, sigma: number, min: number, max: number): num
 const now = Date.now();
 const start = now - DAYS * DAY;
 
-/** Request end times over the last DAYS days, more by day than by night (UTC), in time order. */
-function timestamps(count: number): Float64Array {
-  const all = new Float64Array(count);
-  for (let i = 0; i < count; i++) {
-    let ts: number;
-    do ts = start + Math.floor(rand() * DAYS * DAY);
-    while (rand() > 0.55 + 0.45 * Math.sin(((ts % DAY) / DAY) * 2 * Math.PI));
-    all[i] = ts;
-  }
-  return all.sort();
-}
 
 let seq = 0;
 function usageRecord(ts: number): UsageRecord {
@@ -246,7 +235,7 @@ const results: { fills: Record<string, Fill>; rollupRows: Record<string, Record<
 try {
   process.stdout.write(`generating ${ROWS.toLocaleString('en-US')} usage records over ${DAYS} days ... `);
   const batches: UsageRecord[][] = [];
-  const times = timestamps(ROWS);
+  const times = diurnalTimestamps(ROWS, start, DAYS, rand);
   for (let done = 0; done < ROWS; done += BATCH) {
     const batch = Array.from(times.subarray(done, done + BATCH), usageRecord);
     batch.forEach(count);

@@ -17,7 +17,7 @@ import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { parseArgs } from 'node:util';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { ReportGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
-import { seededRandom } from '../test/random.ts';
+import { diurnalTimestamps, seededRandom } from '../test/random.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1000000' }, runs: { type: 'string', default: '5' } } });
 const ROWS = Number(values.rows);
@@ -33,8 +33,7 @@ const MODELS = [
 const BATCH = 5000;
 
 // Deterministic, so runs are comparable.
-const random = seededRandom;
-const rand = random(42);
+const rand = seededRandom(42);
 
 // Key i gets a share of the traffic proportional to 1 / (i + 1)^0.8: a few busy keys, a long tail.
 const keyWeights = Array.from({ length: KEYS }, (_, i) => 1 / (i + 1) ** 0.8);
@@ -62,20 +61,6 @@ const now = Date.now();
 const start = now - DAYS * DAY;
 let seq = 0;
 
-/**
- * Request end times over the last DAYS days, more by day than by night (UTC), in time order as
- * a gateway records them (random order would make the inserts, not the reports, the test).
- */
-function timestamps(count: number): Float64Array {
-  const all = new Float64Array(count);
-  for (let i = 0; i < count; i++) {
-    let ts: number;
-    do ts = start + Math.floor(rand() * DAYS * DAY);
-    while (rand() > 0.55 + 0.45 * Math.sin(((ts % DAY) / DAY) * 2 * Math.PI));
-    all[i] = ts;
-  }
-  return all.sort();
-}
 
 function usageRecord(ts: number): UsageRecord {
   const roll = rand();
@@ -158,7 +143,7 @@ try {
   const store = await SqliteStore.open(join(dir, 'data'));
   process.stdout.write(`inserting ${ROWS.toLocaleString('en-US')} usage rows through SqliteStore (batches of ${BATCH}) ... `);
   const insertBegan = performance.now();
-  const times = timestamps(ROWS);
+  const times = diurnalTimestamps(ROWS, start, DAYS, rand);
   for (let done = 0; done < ROWS; done += BATCH) {
     await store.insertUsage(Array.from(times.subarray(done, done + BATCH), usageRecord));
   }

@@ -33,7 +33,7 @@ import { readScannedRequest, withModel, type ScannedRequest } from './request-bo
 import { openRequestMcpServers } from './mcp/request-servers.ts';
 import { listOfferedTools, runToolLoop } from './mcp/tool-loop.ts';
 import type { KeyRecord, UsageOutcome, UsageRecord } from './store/types.ts';
-import { checkRequestHeaders, clientResponseHeaders, type PlainHeaders } from './upstream/headers.ts';
+import { checkRequestHeaders, clientResponseHeaders, STREAM_RESPONSE_HEADERS, type PlainHeaders } from './upstream/headers.ts';
 import { streamFailureMessage, type UpstreamPool, type UpstreamReply, type UpstreamStream } from './upstream/pool.ts';
 import { billedTokens, emptyUsage, parseJsonBody, SseUsageTap, usageFromMessage, type TokenUsage, type UsageRecorder } from './usage.ts';
 
@@ -258,8 +258,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
 
     if (upstream.stream) {
       meter.streamed = true;
-      headers['cache-control'] = 'no-cache';
-      headers['x-accel-buffering'] = 'no';
+      Object.assign(headers, STREAM_RESPONSE_HEADERS);
       c.env.outgoing.writeHead(upstream.statusCode, headers);
       void relaySse(upstream.stream, c.env.outgoing, meter, maxTokens, upstream.statusCode === 200 ? cache : NOT_CACHEABLE, s.config.upstreamTimeouts);
       return alreadySent();
@@ -337,7 +336,6 @@ async function serveWithTools(c: GatewayContext, s: GatewayServices, meter: Requ
       upstream: s.upstream,
       logger: s.logger,
       maxTurns: s.config.mcp.maxTurns,
-      key,
       headers,
       budgetLeft: async () => (await s.limits.budget(key, Date.now())).remaining,
       relayError: (reply) => {
@@ -390,8 +388,7 @@ function answerFromCache(c: GatewayContext, s: GatewayServices, meter: RequestMe
     return new Response(entry.body, { status: 200, headers });
   }
   headers['content-type'] = 'text/event-stream; charset=utf-8';
-  headers['cache-control'] = 'no-cache';
-  headers['x-accel-buffering'] = 'no';
+  Object.assign(headers, STREAM_RESPONSE_HEADERS);
   // A stored answer is bounded and already whole: its events go out in one write, and the hit
   // holds its slot until the socket has taken them (or the client is gone).
   const outgoing = c.env.outgoing;

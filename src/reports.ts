@@ -1,6 +1,6 @@
 /** Usage reports for the admin API and the CLI: grouped token counts with cost estimates. */
 import type { ModelCatalog } from './catalog.ts';
-import { USAGE_GROUPINGS, type Store, type UsageGrouping } from './store/types.ts';
+import { USAGE_GROUPINGS, type Store, type UsageGrouping, type UsageRow } from './store/types.ts';
 
 /** Whether `by` (the admin API's `?by=`, the CLI's `--by`) names a grouping: model, key, day or upstream. */
 export function isUsageGrouping(by: string): by is UsageGrouping {
@@ -43,53 +43,83 @@ export interface UsageReport {
   totals: Omit<UsageReportRow, 'group'>;
 }
 
-function emptyRow(group: string): UsageReportRow {
+/** One group's usage, all its models added up and each priced at its own rate. */
+export interface GroupUsage {
+  requests: number;
+  errors: number;
+  cachedRequests: number;
+  inputTokens: number;
+  outputTokens: number;
+  cacheCreationTokens: number;
+  cacheReadTokens: number;
+  billedTokens: number;
+  savedTokens: number;
+  costUsd: number;
+  /** Mean latency of the group's requests (ms, whole); 0 without requests. */
+  avgLatencyMs: number;
+}
+
+/**
+ * The store's report rows (one per group and model) added up per group, in the store's order,
+ * and over all of them: what the admin report, the CLI and the dashboard's explorer show.
+ */
+export function sumByGroup(rows: readonly UsageRow[], catalog: ModelCatalog): { groups: Map<string, GroupUsage>; totals: GroupUsage } {
+  type Sums = Omit<GroupUsage, 'avgLatencyMs'> & { latencyMs: number };
+  const empty = (): Sums => ({
+    requests: 0, errors: 0, cachedRequests: 0, inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0,
+    billedTokens: 0, savedTokens: 0, costUsd: 0, latencyMs: 0,
+  });
+  const sums = new Map<string, Sums>();
+  const all = empty();
+  for (const r of rows) {
+    let group = sums.get(r.group);
+    if (!group) sums.set(r.group, (group = empty()));
+    const cost = catalog.cost(r.model, {
+      input_tokens: r.inputTokens,
+      output_tokens: r.outputTokens,
+      cache_creation_input_tokens: r.cacheCreationTokens,
+      cache_read_input_tokens: r.cacheReadTokens,
+    });
+    for (const target of [group, all]) {
+      target.requests += r.requests;
+      target.errors += r.errors;
+      target.cachedRequests += r.cachedRequests;
+      target.inputTokens += r.inputTokens;
+      target.outputTokens += r.outputTokens;
+      target.cacheCreationTokens += r.cacheCreationTokens;
+      target.cacheReadTokens += r.cacheReadTokens;
+      target.billedTokens += r.billedTokens;
+      target.savedTokens += r.savedTokens;
+      target.latencyMs += r.totalLatencyMs;
+      target.costUsd += cost;
+    }
+  }
+  const finish = ({ latencyMs, ...group }: Sums): GroupUsage => ({
+    ...group,
+    costUsd: Math.round(group.costUsd * 1e6) / 1e6,
+    avgLatencyMs: group.requests ? Math.round(latencyMs / group.requests) : 0,
+  });
+  return { groups: new Map([...sums].map(([name, group]) => [name, finish(group)])), totals: finish(all) };
+}
+
+/** A group's usage as the admin API and the CLI name its fields. */
+function reportRow(u: GroupUsage): Omit<UsageReportRow, 'group'> {
   return {
-    group, requests: 0, errors: 0, cached_requests: 0, input_tokens: 0, output_tokens: 0,
-    cache_creation_input_tokens: 0, cache_read_input_tokens: 0, billed_tokens: 0, tokens_saved: 0, avg_latency_ms: 0, cost_usd: 0,
+    requests: u.requests, errors: u.errors, cached_requests: u.cachedRequests,
+    input_tokens: u.inputTokens, output_tokens: u.outputTokens,
+    cache_creation_input_tokens: u.cacheCreationTokens, cache_read_input_tokens: u.cacheReadTokens,
+    billed_tokens: u.billedTokens, tokens_saved: u.savedTokens, avg_latency_ms: u.avgLatencyMs, cost_usd: u.costUsd,
   };
 }
 
 export async function usageReport(store: Store, catalog: ModelCatalog, query: UsageReportQuery): Promise<UsageReport> {
-  const rows = await store.usageReport(query);
-  const groups = new Map<string, UsageReportRow & { latencyTotal: number }>();
-  const totals = { ...emptyRow('total'), latencyTotal: 0 };
-  for (const r of rows) {
-    let row = groups.get(r.group);
-    if (!row) groups.set(r.group, (row = { ...emptyRow(r.group), latencyTotal: 0 }));
-    const usage = {
-      input_tokens: Number(r.inputTokens),
-      output_tokens: Number(r.outputTokens),
-      cache_creation_input_tokens: Number(r.cacheCreationTokens),
-      cache_read_input_tokens: Number(r.cacheReadTokens),
-    };
-    const cost = catalog.cost(r.model, usage);
-    for (const target of [row, totals]) {
-      target.requests += Number(r.requests);
-      target.errors += Number(r.errors);
-      target.cached_requests += Number(r.cachedRequests);
-      target.input_tokens += usage.input_tokens;
-      target.output_tokens += usage.output_tokens;
-      target.cache_creation_input_tokens += usage.cache_creation_input_tokens;
-      target.cache_read_input_tokens += usage.cache_read_input_tokens;
-      target.billed_tokens += Number(r.billedTokens);
-      target.tokens_saved += Number(r.savedTokens);
-      target.latencyTotal += Number(r.totalLatencyMs);
-      target.cost_usd += cost;
-    }
-  }
-  const finish = ({ latencyTotal, ...row }: UsageReportRow & { latencyTotal: number }): UsageReportRow => ({
-    ...row,
-    avg_latency_ms: row.requests ? Math.round(latencyTotal / row.requests) : 0,
-    cost_usd: Math.round(row.cost_usd * 1e6) / 1e6,
-  });
-  const { group: _total, ...totalRow } = finish(totals);
+  const { groups, totals } = sumByGroup(await store.usageReport(query), catalog);
   return {
     by: query.by,
     since: query.sinceMs === undefined ? null : new Date(query.sinceMs).toISOString(),
     until: query.untilMs === undefined ? null : new Date(query.untilMs).toISOString(),
     key_id: query.keyId ?? null,
-    rows: [...groups.values()].map(finish),
-    totals: totalRow,
+    rows: [...groups].map(([group, u]) => ({ group, ...reportRow(u) })),
+    totals: reportRow(totals),
   };
 }

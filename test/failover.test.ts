@@ -133,7 +133,7 @@ describe('failover', () => {
       failover: { maxAttempts: 3, breakerFailures: 100 },
     });
     const fake = stack.fake;
-    const { key, id } = await stack.newKey();
+    const { key } = await stack.newKey();
     fake.setFault({ status: 529 });
     const err = (await stack.client(key).messages.create({ model: HAIKU, max_tokens: 20, messages: [MESSAGE] }).catch((e: unknown) => e)) as APIError;
     expect(err.status).toBe(529);
@@ -147,7 +147,6 @@ describe('failover', () => {
     expect(ok.type).toBe('message');
     const rows = await usageRows(stack);
     expect(rows.find((r) => r.group === 'only')).toMatchObject({ requests: 2, errors: 1 });
-    void id;
   });
 
   it('never retries once the client has bytes: a stream cut mid-way ends in an SSE error, its output billed', async () => {

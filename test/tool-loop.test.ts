@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import Anthropic, { type APIError } from '@anthropic-ai/sdk';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeMcpHttp, type FakeMcpHttp } from '../src/fake-mcp/server.ts';
-import { MESSAGE, recordedUsage, startStack, type Stack } from './helpers.ts';
+import { recordedUsage, startStack, type Stack } from './helpers.ts';
 
 const FAKE_MCP = fileURLToPath(new URL('../src/fake-mcp/main.ts', import.meta.url));
 const HAIKU = 'claude-haiku-4-5';
@@ -257,4 +257,3 @@ describe('mcp_servers in the request (the MCP connector\'s parameter)', () => {
   });
 });
 
-void MESSAGE;

@@ -2,7 +2,7 @@
  * What the dashboard shows, as data: the seam between the store's reports and the dashboard's
  * pages. (Implemented in overview.ts / explorer.ts; the pages fetch these as JSON.)
  */
-
+import type { GroupUsage } from '../reports.ts';
 import type { ErrorKind } from '../store/types.ts';
 
 export type OverviewRange = 'hour' | 'day' | 'week' | 'month';
@@ -76,20 +76,8 @@ export interface ExplorerQuery {
  * (YYYY-MM-DD) or UTC hours (YYYY-MM-DDTHH:00Z); ordered by group, bytewise (days and hours in
  * time order).
  */
-export interface ExplorerRow {
+export interface ExplorerRow extends GroupUsage {
   group: string;
   /** For `key`: the key's name (the group is its id; absent for a deleted key). For `upstream` '': "(none)". */
   label?: string;
-  requests: number;
-  errors: number;
-  cachedRequests: number;
-  inputTokens: number;
-  outputTokens: number;
-  cacheCreationTokens: number;
-  cacheReadTokens: number;
-  billedTokens: number;
-  savedTokens: number;
-  costUsd: number;
-  /** Mean latency of the group's requests (ms, whole); 0 without requests. */
-  avgLatencyMs: number;
 }

@@ -4,8 +4,8 @@
  * per model; and the same rows as CSV for a spreadsheet.
  *
  * The store's usageReport does the reading (rollups for whole days and hours, raw rows at the
- * edges; by hour, the hourly rollup); here the per-model rows are priced and added up per group,
- * and key ids are labelled with the key's name.
+ * edges; by hour, the hourly rollup); reports.ts `sumByGroup` prices the per-model rows and adds
+ * them up per group, as for the admin report; here key ids are labelled with the key's name.
  *
  * The CSV is RFC 4180 (a header row, CRLF line ends, fields with a comma, quote, CR or LF quoted,
  * quotes doubled) and safe to open in a spreadsheet: key names are user input, so a text cell
@@ -13,13 +13,12 @@
  * formula) gets a leading apostrophe, which shows the text as typed.
  */
 import type { ModelCatalog } from '../catalog.ts';
+import { sumByGroup } from '../reports.ts';
 import type { KeyRecord, UsageStore } from '../store/types.ts';
 import type { ExplorerGrouping, ExplorerQuery, ExplorerRow } from './data.ts';
 
 /** Label of the upstream group of requests no upstream served (cache hits, refusals), as the CLI shows it. */
 export const NO_UPSTREAM_LABEL = '(none)';
-
-type Sums = Omit<ExplorerRow, 'group' | 'label' | 'avgLatencyMs'> & { latencyMs: number };
 
 /**
  * The explorer's rows: one per group, all models added up, ordered by group (bytewise; days and
@@ -39,42 +38,11 @@ export async function explorerReport(
     ...(query.model === undefined ? {} : { model: query.model }),
     ...(query.upstream === undefined ? {} : { upstream: query.upstream }),
   });
-  const groups = new Map<string, Sums>();
-  for (const r of rows) {
-    let sums = groups.get(r.group);
-    if (!sums) {
-      groups.set(r.group, (sums = {
-        requests: 0, errors: 0, cachedRequests: 0, inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0,
-        billedTokens: 0, savedTokens: 0, costUsd: 0, latencyMs: 0,
-      }));
-    }
-    sums.requests += r.requests;
-    sums.errors += r.errors;
-    sums.cachedRequests += r.cachedRequests;
-    sums.inputTokens += r.inputTokens;
-    sums.outputTokens += r.outputTokens;
-    sums.cacheCreationTokens += r.cacheCreationTokens;
-    sums.cacheReadTokens += r.cacheReadTokens;
-    sums.billedTokens += r.billedTokens;
-    sums.savedTokens += r.savedTokens;
-    sums.latencyMs += r.totalLatencyMs;
-    sums.costUsd += catalog.cost(r.model, {
-      input_tokens: r.inputTokens,
-      output_tokens: r.outputTokens,
-      cache_creation_input_tokens: r.cacheCreationTokens,
-      cache_read_input_tokens: r.cacheReadTokens,
-    });
-  }
+  const { groups } = sumByGroup(rows, catalog);
   const names = query.by === 'key' ? new Map([...keys].map((k) => [k.id, k.name])) : undefined;
-  return [...groups].map(([group, { latencyMs, ...sums }]) => {
+  return [...groups].map(([group, usage]) => {
     const label = names ? names.get(group) : query.by === 'upstream' && group === '' ? NO_UPSTREAM_LABEL : undefined;
-    return {
-      group,
-      ...(label === undefined ? {} : { label }),
-      ...sums,
-      costUsd: Math.round(sums.costUsd * 1e6) / 1e6,
-      avgLatencyMs: sums.requests ? Math.round(latencyMs / sums.requests) : 0,
-    };
+    return { group, ...(label === undefined ? {} : { label }), ...usage };
   });
 }
 

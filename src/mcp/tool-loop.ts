@@ -25,9 +25,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { MessageAccumulator } from '../cache/accumulate.ts';
 import { RateLimitError, UpstreamError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
-import type { KeyRecord, UsageOutcome } from '../store/types.ts';
+import type { UsageOutcome } from '../store/types.ts';
 import { sseEvent, SseEventReader, type SseEvent } from '../sse.ts';
-import type { PlainHeaders } from '../upstream/headers.ts';
+import { STREAM_RESPONSE_HEADERS, type PlainHeaders } from '../upstream/headers.ts';
 import type { UpstreamPool, UpstreamReply } from '../upstream/pool.ts';
 import { emptyUsage, SseUsageTap, type TokenUsage } from '../usage.ts';
 import type { McpConnections, McpTool, McpToolResult } from './types.ts';
@@ -158,7 +158,6 @@ export interface ToolLoopDeps {
   maxTurns: number;
   /** The key's budget left now (tokens), for the check before each later turn. */
   budgetLeft: () => Promise<number>;
-  key: KeyRecord;
   /** The response's own headers (request id, rate limits, cache). */
   headers: PlainHeaders;
   /** The upstream's error answer as the client gets it (a 401 becomes a 502, as in pipeline.ts). */
@@ -303,7 +302,7 @@ export async function runToolLoop(request: ToolLoopRequest, meter: LoopMeter, de
     throw new UpstreamError('The upstream answered a streamed request without a stream.');
   }
 
-  const responseHeaders: PlainHeaders = { ...deps.headers, 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' };
+  const responseHeaders: PlainHeaders = { ...deps.headers, 'content-type': 'text/event-stream; charset=utf-8', ...STREAM_RESPONSE_HEADERS };
   let outcome: UsageOutcome = 'ok';
   let finished = false;
   const finish = (message: ClientMessage) => {

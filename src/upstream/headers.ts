@@ -86,6 +86,12 @@ export function upstreamRequestHeaders(client: IncomingHttpHeaders, upstreamKey:
 export type PlainHeaders = Record<string, string>;
 
 /**
+ * On every event stream the gateway sends (proxied, replayed from the cache, the tool loop's):
+ * proxies in front (nginx) must pass events on as they come rather than buffer them.
+ */
+export const STREAM_RESPONSE_HEADERS: Readonly<PlainHeaders> = { 'cache-control': 'no-cache', 'x-accel-buffering': 'no' };
+
+/**
  * Response headers a client may see: the upstream's, less hop-by-hop and account details. A plain
  * object rather than a Headers instance: @hono/node-server hands a plain object straight to
  * writeHead, where a Headers instance would be converted again on every response.
