@@ -20,7 +20,7 @@ import { dashboardRoutes } from './dashboard/routes.ts';
 import { clientErrorHandler, httpServerOptions, newRequestId } from './http-server.ts';
 import { KeyRegistry, keyStatusReport } from './keys.ts';
 import type { RateLimiter } from './limits/types.ts';
-import { createLogger, type Logger } from './logger.ts';
+import { accessLogger, createLogger, type Logger } from './logger.ts';
 import { MaintenanceMode, maintenanceAdminRoutes } from './maintenance.ts';
 import { AttachedMcpServers } from './mcp/connections.ts';
 import { mcpRoutes } from './mcp/server.ts';
@@ -155,6 +155,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     if (--inFlight === 0) onIdle?.();
   };
 
+  const accessLog = accessLogger(logger);
   app.use('*', async (c, next) => {
     inFlight++;
     c.env.outgoing.once('close', responseDone);
@@ -167,7 +168,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     c.header('x-request-id', requestId);
     c.header('request-id', requestId);
     await next();
-    logger.info(
+    accessLog.info(
       { requestId, method: c.req.method, route: c.req.routePath, status: c.res.status, ms: Date.now() - c.get('startedAt'), keyId: c.get('keyId') },
       'request',
     );

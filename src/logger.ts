@@ -13,16 +13,51 @@ const REDACT = [
   'err.options', 'err.config', 'err.request',
 ];
 
+/** Lines wait at most this long in the buffer before they are written. */
+const LOG_FLUSH_MS = 50;
+/** A write goes out as soon as this much is buffered. */
+const LOG_BATCH_BYTES = 8 * 1024;
+
 /**
- * Logs go to stdout written in the background (sonic-boom, async): at the default level every
- * request logs a line, and a blocking write system call per line was a cost on the hot path. A
- * line goes out at once when no write is in flight; lines logged during one are joined into the
- * next write, so under load many lines share a system call. pino flushes what is pending when the
- * process exits; a crash (kill -9) may lose the last lines, never usage (that is in the store).
+ * Logs go to stdout written in the background (sonic-boom, async) and in batches: at the default
+ * level every request logs a line, and a write per line (a thread-pool round trip and a system
+ * call) was about a tenth of the gateway's CPU per request. Lines are buffered until 8 KiB or
+ * 50 ms, whichever comes first, so a quiet gateway's line still shows within 50 ms and a busy
+ * one writes dozens of lines per system call. pino flushes the buffer synchronously when the
+ * process exits; a crash (kill -9) may lose the last 50 ms of lines, never usage (that is in the
+ * store).
  */
+function batchedStdout(): DestinationStream {
+  const out = pino.destination({ dest: 1, sync: false, minLength: LOG_BATCH_BYTES });
+  let timer: NodeJS.Timeout | undefined;
+  const flush = () => {
+    timer = undefined;
+    // Not once the stream is gone (closed at exit, or stdout broken: EPIPE).
+    if (!(out as { destroyed?: boolean }).destroyed) out.flush();
+  };
+  return {
+    write(line: string) {
+      out.write(line);
+      timer ??= setTimeout(flush, LOG_FLUSH_MS).unref();
+    },
+    // logger.flush(): write what is buffered now.
+    flush(cb?: (err?: Error) => void) {
+      out.flush(cb);
+    },
+  } as DestinationStream;
+}
+
 export function createLogger(level: string, destination?: DestinationStream): Logger {
-  const out = destination ?? pino.destination({ dest: 1, sync: false, minLength: 0 });
-  return pino({ level, base: { service: 'claudcode' }, redact: { paths: REDACT, censor: '[redacted]' } }, out);
+  return pino({ level, base: { service: 'claudcode' }, redact: { paths: REDACT, censor: '[redacted]' } }, destination ?? batchedStdout());
+}
+
+/**
+ * The logger for the access log's line per request. Its fields are the gateway's own (request
+ * id, method, route, status, duration, key id), never a secret, so it skips the redaction pass,
+ * which costs about four times the rest of the line (3.5 of 4.3 µs).
+ */
+export function accessLogger(logger: Logger): Logger {
+  return logger.child({}, { redact: [] });
 }
 
 /**

@@ -98,4 +98,25 @@ describe('claudcode start', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('writes access-log lines in batches: one shows while the gateway idles, and none is lost at exit', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'claudcode-logs-'));
+    try {
+      const gateway = await startGateway({ CLAUDCODE_DATA_DIR: dir, CLAUDCODE_UPSTREAM_URL: fake.url, CLAUDCODE_ADMIN_TOKEN: 'admin-token-for-the-log-test-00001' });
+      // startGateway polls /health until it answers: these count /healthz only.
+      const accessLines = () => gateway.stdout().split('\n').filter((line) => line.includes('"route":"/healthz"'));
+      // One request, then nothing: its line is written by the flush timer, not held for a full batch.
+      await (await fetch(`${gateway.url}/healthz`)).text();
+      for (let i = 0; i < 100 && accessLines().length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(accessLines()).toHaveLength(1);
+      expect(JSON.parse(accessLines()[0]!)).toMatchObject({ level: 30, msg: 'request', status: 200, method: 'GET' });
+      // A burst, and SIGTERM at once: the lines still buffered are written on the way out.
+      await Promise.all(Array.from({ length: 300 }, () => fetch(`${gateway.url}/healthz`).then((r) => r.text())));
+      gateway.child.kill('SIGTERM');
+      expect(await gateway.exited).toBe(0);
+      expect(accessLines()).toHaveLength(301);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
