@@ -9,7 +9,7 @@ import { AdminThrottle } from './admin-throttle.ts';
 import type { Config } from './config.ts';
 import { AuthenticationError, RateLimitError } from './errors.ts';
 import type { Logger } from './logger.ts';
-import type { GatewayEnv } from './pipeline.ts';
+import type { GatewayEnv } from './app-env.ts';
 
 export function sha256(text: string): Buffer {
   return createHash('sha256').update(text).digest();

@@ -12,7 +12,7 @@ import { Duration, WindowDuration, type Config } from './config.ts';
 import { InvalidRequestError, NotFoundError } from './errors.ts';
 import { createKey, describeKey, type KeyRegistry } from './keys.ts';
 import type { Logger } from './logger.ts';
-import type { GatewayEnv } from './pipeline.ts';
+import type { GatewayEnv } from './app-env.ts';
 import { isUsageGrouping, usageReport, USAGE_GROUPINGS_TEXT } from './reports.ts';
 import type { KeyPatch, KeyRecord, Store } from './store/types.ts';
 

@@ -3,9 +3,9 @@
  * it, and shuts it down without losing usage (SIGTERM: stop accepting, let in-flight requests
  * finish within the grace period, write the usage queue, close the store).
  */
-import type { IncomingMessage, Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
+import { getRequestListener } from '@hono/node-server';
 import { Hono } from 'hono';
 import { AdminAuth } from './admin-auth.ts';
 import { adminRoutes, resolveAdminToken } from './admin.ts';
@@ -15,7 +15,8 @@ import { cacheAdminRoutes } from './cache/admin.ts';
 import { CacheCounters } from './cache/stage.ts';
 import { ModelCatalog, modelObject } from './catalog.ts';
 import { MAX_WINDOW_SECONDS, type Config } from './config.ts';
-import { GatewayError, InternalError, MaintenanceError, NotFoundError, toErrorBody } from './errors.ts';
+import { MaintenanceError, NotFoundError, toErrorBody } from './errors.ts';
+import { errorAnswer } from './exchange.ts';
 import { dashboardRoutes } from './dashboard/routes.ts';
 import { clientErrorHandler, httpServerOptions, newRequestId } from './http-server.ts';
 import { KeyRegistry, keyStatusReport } from './keys.ts';
@@ -24,7 +25,9 @@ import { accessLogger, createLogger, type Logger } from './logger.ts';
 import { MaintenanceMode, maintenanceAdminRoutes } from './maintenance.ts';
 import { AttachedMcpServers } from './mcp/connections.ts';
 import { mcpRoutes } from './mcp/server.ts';
-import { authenticateRequest, handleCountTokens, handleMessages, type GatewayEnv, type GatewayServices } from './pipeline.ts';
+import { authenticateRequest, type GatewayEnv } from './app-env.ts';
+import type { GatewayServices } from './pipeline.ts';
+import { gatewayRequestListener, InFlight, logAccess } from './request-listener.ts';
 import { setupScriptRoutes } from './setup/routes.ts';
 import type { KeyRecord, Store } from './store/types.ts';
 import { UpstreamPool } from './upstream/pool.ts';
@@ -44,22 +47,6 @@ export interface Gateway {
   readonly generatedAdminToken: string | undefined;
   listen(): Promise<{ url: string; server: Server }>;
   close(): Promise<void>;
-}
-
-/** Bodies up to this size are read and discarded after an early refusal, to keep the connection. */
-const DISCARD_UNREAD_BODY_BYTES = 1024 * 1024;
-
-/**
- * Refused before a large body was all in (a key at its limits, a body too large or malformed
- * early): the connection is closed after the answer rather than kept alive, which would mean
- * reading and discarding the rest of an upload of up to 32 MiB (or, chunked, without end). A
- * client still sending may then see the connection reset instead of the answer; small bodies,
- * the common case, keep the connection and get the answer.
- */
-function leavesLargeUpload(incoming: IncomingMessage): boolean {
-  if (incoming.complete) return false;
-  const declared = Number(incoming.headers['content-length']);
-  return !(declared <= DISCARD_UNREAD_BODY_BYTES);
 }
 
 /** `promise`, or a rejection after `ms`. */
@@ -123,7 +110,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   // read state when scraped.
   const metrics = new GatewayMetrics({
     perKeyLabels: config.metrics.perKeyLabels,
-    sources: { inFlight: () => inFlight, cacheStats: () => cache.stats(), upstreams: () => upstream.states() },
+    sources: { inFlight: () => inFlight.count, cacheStats: () => cache.stats(), upstreams: () => upstream.states() },
   });
   const upstream = new UpstreamPool(config, { logger, onAttempt: (name, result, seconds) => metrics.upstreamAttempt(name, result, seconds) });
   const admin = await resolveAdminToken(store, config.adminToken);
@@ -149,39 +136,29 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
   const app = new Hono<GatewayEnv>();
 
   // Responses still being written (streams included), so shutdown can wait for them to end.
-  let inFlight = 0;
-  let onIdle: (() => void) | undefined;
-  const responseDone = () => {
-    if (--inFlight === 0) onIdle?.();
-  };
-
+  const inFlight = new InFlight();
   const accessLog = accessLogger(logger);
+
+  // Every route of the app (the metered ones are served by request-listener.ts, alike).
   app.use('*', async (c, next) => {
-    inFlight++;
-    c.env.outgoing.once('close', responseDone);
+    inFlight.track(c.env.outgoing);
     const requestId = newRequestId();
+    const startedAt = Date.now();
     c.set('requestId', requestId);
-    c.set('startedAt', Date.now());
+    c.set('startedAt', startedAt);
     c.set('keyId', undefined);
-    // Set before the handler runs: responses made with c.json carry these; proxied responses
-    // (pipeline.ts) set their own, and are not touched afterwards (see responseHeaders there).
+    // Set before the handler runs: responses made with c.json carry these.
     c.header('x-request-id', requestId);
     c.header('request-id', requestId);
     await next();
-    accessLog.info(
-      { requestId, method: c.req.method, route: c.req.routePath, status: c.res.status, ms: Date.now() - c.get('startedAt'), keyId: c.get('keyId') },
-      'request',
-    );
+    logAccess(accessLog, { requestId, method: c.req.method, route: c.req.routePath, status: c.res.status, startedAt, keyId: c.get('keyId') });
   });
 
   app.onError((err, c) => {
     // The client went away mid-request: nobody is there to read an answer, and nothing failed.
     if (c.req.raw.signal.aborted) return c.body(null, 499 as 400);
-    const gatewayError = err instanceof GatewayError ? err : new InternalError();
-    if (!(err instanceof GatewayError)) logger.error({ err, requestId: c.get('requestId') }, 'unhandled error');
-    else if (err.status >= 500) logger.warn({ requestId: c.get('requestId'), status: err.status, reason: err.message, cause: (err.cause as Error | undefined)?.message }, 'request failed');
-    const headers = leavesLargeUpload(c.env.incoming) ? { ...gatewayError.headers, connection: 'close' } : gatewayError.headers;
-    return c.json(toErrorBody(gatewayError, c.get('requestId')), gatewayError.status as 400, headers);
+    const answer = errorAnswer(err, c.get('requestId'), c.env.incoming, logger);
+    return c.body(answer.body, answer.status as 400, answer.headers);
   });
 
   app.notFound((c) => {
@@ -236,8 +213,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     if (maintenance.enabled) throw new MaintenanceError(config.maintenanceRetryAfterSeconds);
     await next();
   });
-  api.post('/messages', (c) => handleMessages(c, services));
-  api.post('/messages/count_tokens', (c) => handleCountTokens(c, services));
+  // POST /messages and /messages/count_tokens: served before the app (request-listener.ts).
 
   api.get('/models', (c) => {
     const key = authenticateRequest(c, keys);
@@ -297,7 +273,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
       upstreams: () => upstream.states(),
       maintenance: () => maintenance.state,
       mode: backends.mode,
-      inFlight: () => inFlight,
+      inFlight: () => inFlight.count,
     }),
   );
 
@@ -312,14 +288,22 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
     listen() {
       return new Promise((resolve, reject) => {
         // Timeouts and head limits (http-server.ts) bound what a slow or idle client can hold.
-        const serverOptions = httpServerOptions(config);
-        const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host, serverOptions }, (info: AddressInfo) => {
+        const listener = gatewayRequestListener({
+          services,
+          app: getRequestListener(app.fetch, { hostname: config.host }),
+          maintenance,
+          inFlight,
+          accessLog,
+        });
+        const s = createServer(httpServerOptions(config), listener);
+        s.listen(config.port, config.host, () => {
+          const info = s.address() as AddressInfo;
           const host = info.family === 'IPv6' ? `[${info.address}]` : info.address;
           // Listening on every address (0.0.0.0, ::): the gateway reaches itself on loopback.
           const loopback = info.address === '0.0.0.0' ? '127.0.0.1' : info.address === '::' ? '[::1]' : host;
           selfUrl = `http://${loopback}:${info.port}`;
-          resolve({ url: `http://${host}:${info.port}`, server: s as Server });
-        }) as Server;
+          resolve({ url: `http://${host}:${info.port}`, server: s });
+        });
         s.on('clientError', clientErrorHandler(config, logger));
         s.once('error', reject);
         server = s;
@@ -330,10 +314,7 @@ export async function createGateway(config: Config, options: GatewayOptions = {}
         if (server) {
           const s = server;
           const closed = new Promise<void>((resolve) => s.close(() => resolve()));
-          const drained = new Promise<void>((resolve) => {
-            onIdle = resolve;
-            if (inFlight === 0) resolve();
-          });
+          const drained = inFlight.idle();
           // Idle keep-alive connections are closed at once; responses in flight get the grace period.
           s.closeIdleConnections();
           const grace = new Promise<void>((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());

@@ -17,7 +17,7 @@ import { Hono } from 'hono';
 import { z } from 'zod';
 import { readJsonBody, validateInput } from './admin.ts';
 import { throttled, type Logger } from './logger.ts';
-import type { GatewayEnv } from './pipeline.ts';
+import type { GatewayEnv } from './app-env.ts';
 import type { MetaStore } from './store/types.ts';
 
 /** The meta row holding the switch. */

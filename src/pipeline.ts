@@ -7,23 +7,24 @@
  *   → finish (release, free the slot, bill the tokens, record usage)
  *
  * The stages' contract: each stage either passes on or answers early (a refusal is a thrown
- * GatewayError, mapped to the wire once in gateway.ts; the cache's hit is a Response). What a
- * stage acquires it hands to the meter (`RequestMeter.admitted`, `defer`), and `finish` — the
- * one exit, run exactly once whatever happened — releases it all in reverse order.
+ * GatewayError, mapped to the wire once by exchange.ts's errorAnswer; the cache's hit is written
+ * here). What a stage acquires it hands to the meter (`RequestMeter.admitted`, `defer`), and
+ * `finish` — the one exit, run exactly once whatever happened — releases it all in reverse order.
+ *
+ * The pipeline works on Node's request and response (an Exchange, exchange.ts) and writes every
+ * answer to the socket itself: request-listener.ts hands it these routes straight from Node.
  *
  * Admission comes before the body: a key at its limits is refused without the gateway reading,
  * buffering or parsing a byte of its upload, and an upload in progress holds a concurrency slot.
  */
-import type { HttpBindings } from '@hono/node-server';
-import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Context } from 'hono';
 import type { ModelCatalog } from './catalog.ts';
 import type { Config, ModelEntry } from './config.ts';
 import { consultCache, NOT_CACHEABLE, type CacheCounters, type CacheDecision, type ResponseCache } from './cache/stage.ts';
 import { MessageAccumulator } from './cache/accumulate.ts';
 import { replaySse } from './cache/replay.ts';
 import { clip, InvalidRequestError, UpstreamError } from './errors.ts';
+import { drained, sendBody, sendWebResponse, type Exchange } from './exchange.ts';
 import type { KeyRegistry } from './keys.ts';
 import type { McpConnections } from './mcp/types.ts';
 import type { GatewayMetrics } from './metrics.ts';
@@ -55,16 +56,10 @@ export interface GatewayServices {
   usage: UsageRecorder;
 }
 
-export type GatewayEnv = {
-  Bindings: HttpBindings;
-  Variables: { requestId: string; startedAt: number; keyId: string | undefined };
-};
-type GatewayContext = Context<GatewayEnv>;
-
-/** The request's key (or an AuthenticationError), noted on the context for the access log. */
-export function authenticateRequest(c: GatewayContext, keys: KeyRegistry, now: number = c.get('startedAt')): KeyRecord {
-  const key = keys.authenticate(c.env.incoming.headers, now);
-  c.set('keyId', key.id);
+/** The request's key (or an AuthenticationError), noted on the exchange for the access log. */
+function authenticate(x: Exchange, keys: KeyRegistry): KeyRecord {
+  const key = keys.authenticate(x.incoming.headers, x.startedAt);
+  x.keyId = key.id;
   return key;
 }
 
@@ -99,10 +94,10 @@ class RequestMeter {
   /** What later stages acquired, released in reverse order when the request finishes. */
   private readonly releases: Array<() => void> = [];
 
-  constructor(services: GatewayServices, c: GatewayContext, key: KeyRecord, endpoint: UsageRecord['endpoint']) {
+  constructor(services: GatewayServices, x: Exchange, key: KeyRecord, endpoint: UsageRecord['endpoint']) {
     this.services = services;
-    this.startedAt = c.get('startedAt');
-    this.record = { keyId: key.id, requestId: c.get('requestId'), endpoint, model: '', cached: false, streamed: false };
+    this.startedAt = x.startedAt;
+    this.record = { keyId: key.id, requestId: x.requestId, endpoint, model: '', cached: false, streamed: false };
   }
 
   set model(model: string) {
@@ -204,24 +199,26 @@ interface MeteredEndpoint {
 const MESSAGES: MeteredEndpoint = { name: 'messages', path: '/v1/messages', budgeted: true };
 const COUNT_TOKENS: MeteredEndpoint = { name: 'count_tokens', path: '/v1/messages/count_tokens', budgeted: false };
 
-/** POST /v1/messages, JSON or SSE. */
-export function handleMessages(c: GatewayContext, s: GatewayServices): Promise<Response> {
-  return proxyMetered(c, s, MESSAGES);
+/**
+ * POST /v1/messages, JSON or SSE. Resolves once the answer is written (a stream: once it is under
+ * way); a refusal before anything was written rejects with a GatewayError.
+ */
+export function handleMessages(x: Exchange, s: GatewayServices): Promise<void> {
+  return proxyMetered(x, s, MESSAGES);
 }
 
 /** POST /v1/messages/count_tokens. */
-export function handleCountTokens(c: GatewayContext, s: GatewayServices): Promise<Response> {
-  return proxyMetered(c, s, COUNT_TOKENS);
+export function handleCountTokens(x: Exchange, s: GatewayServices): Promise<void> {
+  return proxyMetered(x, s, COUNT_TOKENS);
 }
 
-async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: MeteredEndpoint): Promise<Response> {
-  const incoming = c.env.incoming;
-  const key = authenticateRequest(c, s.keys);
-  const meter = new RequestMeter(s, c, key, endpoint.name);
-  const signal = c.req.raw.signal;
+async function proxyMetered(x: Exchange, s: GatewayServices, endpoint: MeteredEndpoint): Promise<void> {
+  const { incoming, outgoing, signal } = x;
+  const key = authenticate(x, s.keys);
+  const meter = new RequestMeter(s, x, key, endpoint.name);
   try {
     checkRequestHeaders(incoming);
-    meter.admitted(await s.limits.admit(key, c.get('startedAt'), { checkBudget: endpoint.budgeted }));
+    meter.admitted(await s.limits.admit(key, x.startedAt, { checkBudget: endpoint.budgeted }));
     const request = await readScannedRequest(incoming, { limitBytes: s.config.maxBodyBytes, requireMaxTokens: endpoint.budgeted });
     meter.streamed = request.stream;
     meter.model = clip(request.model);
@@ -231,7 +228,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
     // A key with MCP servers attached (or a request naming its own) gets the server-side tool
     // loop (src/mcp/tool-loop.ts). Its answers use live tools, so the cache is not consulted.
     if (endpoint.budgeted && wantsToolLoop(key, request, incoming.headers)) {
-      return await serveWithTools(c, s, meter, key, request, model);
+      return await serveWithTools(x, s, meter, key, request, model);
     }
 
     // A hit answers here; a miss may lead identical requests in flight and store the answer.
@@ -240,7 +237,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
       : NOT_CACHEABLE;
     meter.defer(cache.release);
     meter.cacheStatus = cache.status.toLowerCase();
-    if (cache.entry) return answerFromCache(c, s, meter, cache, request.stream);
+    if (cache.entry) return answerFromCache(x, s, meter, cache, request.stream);
 
     const maxTokens = request.maxTokens ?? 0;
     if (endpoint.budgeted && s.config.budget.strict) {
@@ -254,17 +251,20 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
     const models = mapped ? [model.id, model.upstream_id!] : [model.id];
     const upstream = await s.upstream.send({ method: 'POST', path: endpoint.path, headers: incoming.headers, body: upstreamBody, signal, models });
     meter.upstream = upstream.upstream;
-    const headers = responseHeaders(upstream, c.get('requestId'), meter.rateLimitHeaders, cache.headers);
+    const headers = responseHeaders(upstream, x.requestId, meter.rateLimitHeaders, cache.headers);
 
     if (upstream.stream) {
       meter.streamed = true;
       Object.assign(headers, STREAM_RESPONSE_HEADERS);
-      c.env.outgoing.writeHead(upstream.statusCode, headers);
-      void relaySse(upstream.stream, c.env.outgoing, meter, maxTokens, upstream.statusCode === 200 ? cache : NOT_CACHEABLE, s.config.upstreamTimeouts);
-      return alreadySent();
+      outgoing.writeHead(upstream.statusCode, headers);
+      void relaySse(upstream.stream, outgoing, meter, maxTokens, upstream.statusCode === 200 ? cache : NOT_CACHEABLE, s.config.upstreamTimeouts);
+      return;
     }
     const bytes = upstream.bytes!;
-    if (upstream.statusCode >= 400) return relayError(upstream.statusCode, bytes, headers, meter);
+    if (upstream.statusCode >= 400) {
+      const answer = upstreamErrorAnswer(upstream.statusCode, bytes, headers, meter);
+      return sendBody(outgoing, answer.status, answer.headers, answer.body);
+    }
     // Parsed once: for the usage to bill, and for the cache to store a complete message.
     const message = endpoint.budgeted ? parseJsonBody(bytes) : undefined;
     const usage = usageFromMessage(message);
@@ -272,7 +272,7 @@ async function proxyMetered(c: GatewayContext, s: GatewayServices, endpoint: Met
       cache.store(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), meter.billable(usage));
     }
     meter.finish(upstream.statusCode, 'ok', usage, endpoint.budgeted);
-    return new Response(bytes, { status: upstream.statusCode, headers });
+    sendBody(outgoing, upstream.statusCode, headers, bytes);
   } catch (err) {
     meter.fail(err, signal);
     throw err;
@@ -291,8 +291,8 @@ function wantsToolLoop(key: KeyRecord, request: ScannedRequest, headers: Incomin
  * `mcp_servers`) offered beside the client's, the calls run by the gateway, the final answer
  * returned. Every turn is billed; the meter finishes once, when the loop ends.
  */
-async function serveWithTools(c: GatewayContext, s: GatewayServices, meter: RequestMeter, key: KeyRecord, request: ScannedRequest, model: ModelEntry): Promise<Response> {
-  const signal = c.req.raw.signal;
+async function serveWithTools(x: Exchange, s: GatewayServices, meter: RequestMeter, key: KeyRecord, request: ScannedRequest, model: ModelEntry): Promise<void> {
+  const { signal, requestId } = x;
   const body = JSON.parse(request.body.toString('utf8')) as Record<string, unknown>;
   const upstreamModel = model.upstream_id ?? model.id;
   body['model'] = upstreamModel;
@@ -316,14 +316,13 @@ async function serveWithTools(c: GatewayContext, s: GatewayServices, meter: Requ
     for (const [name, tool] of await listOfferedTools(own, own.names(), s.logger, signal)) tools.set(name, tool);
   }
   const { budget } = s.config;
-  const requestId = c.get('requestId');
   const headers: PlainHeaders = { 'x-request-id': requestId, 'request-id': requestId, ...meter.rateLimitHeaders };
   if (s.config.cache.enabled) headers['x-cache'] = 'BYPASS';
   meter.cacheStatus = s.config.cache.enabled ? 'bypass' : 'none';
-  return runToolLoop(
+  const answer = await runToolLoop(
     {
       body,
-      headers: c.env.incoming.headers,
+      headers: x.incoming.headers,
       signal,
       models: upstreamModel === model.id ? [model.id] : [model.id, upstreamModel],
       stream: request.stream,
@@ -340,10 +339,12 @@ async function serveWithTools(c: GatewayContext, s: GatewayServices, meter: Requ
       budgetLeft: async () => (await s.limits.budget(key, Date.now())).remaining,
       relayError: (reply) => {
         const errorHeaders = responseHeaders(reply, requestId, meter.rateLimitHeaders, {});
-        return relayError(reply.statusCode, reply.bytes ?? new Uint8Array(0), errorHeaders, meter);
+        const relayed = upstreamErrorAnswer(reply.statusCode, reply.bytes ?? new Uint8Array(0), errorHeaders, meter);
+        return new Response(relayed.body, relayed);
       },
     },
   );
+  await sendWebResponse(x.outgoing, answer);
 }
 
 /**
@@ -375,9 +376,9 @@ function isCompleteMessage(message: unknown): boolean {
  * concurrency slot only while the answer is written, and bills no budget tokens unless the
  * operator bills hits; usage records it as cached.
  */
-function answerFromCache(c: GatewayContext, s: GatewayServices, meter: RequestMeter, cache: CacheDecision, stream: boolean): Response {
+function answerFromCache(x: Exchange, s: GatewayServices, meter: RequestMeter, cache: CacheDecision, stream: boolean): void {
+  const { outgoing, requestId } = x;
   const entry = cache.entry!;
-  const requestId = c.get('requestId');
   meter.cachedHit(entry.tokensSaved);
   meter.streamed = stream;
   const headers: PlainHeaders = { 'x-request-id': requestId, 'request-id': requestId, ...meter.rateLimitHeaders, ...cache.headers };
@@ -385,27 +386,16 @@ function answerFromCache(c: GatewayContext, s: GatewayServices, meter: RequestMe
   if (!stream) {
     headers['content-type'] = 'application/json';
     meter.finish(200, 'ok', emptyUsage(), false, billed);
-    return new Response(entry.body, { status: 200, headers });
+    return sendBody(outgoing, 200, headers, entry.body);
   }
   headers['content-type'] = 'text/event-stream; charset=utf-8';
   Object.assign(headers, STREAM_RESPONSE_HEADERS);
   // A stored answer is bounded and already whole: its events go out in one write, and the hit
   // holds its slot until the socket has taken them (or the client is gone).
-  const outgoing = c.env.outgoing;
   outgoing.writeHead(200, headers);
   const done = (outcome: UsageOutcome) => meter.finish(200, outcome, emptyUsage(), false, billed);
   outgoing.once('close', () => done(outgoing.writableFinished ? 'ok' : 'client_closed'));
   outgoing.end(replaySse(JSON.parse(entry.body) as object).join(''), () => done('ok'));
-  return alreadySent();
-}
-
-/**
- * What a handler returns when it wrote the response to the socket itself: @hono/node-server then
- * leaves the socket alone. (Its own constant: a Response made here would be node-server's
- * lightweight kind, which it writes out without looking at its headers.)
- */
-function alreadySent(): Response {
-  return RESPONSE_ALREADY_SENT;
 }
 
 /**
@@ -413,13 +403,13 @@ function alreadySent(): Response {
  * gateway's own upstream credential was refused, which the client can do nothing about (and an
  * SDK would report as the client's key being wrong), so it becomes a 502.
  */
-function relayError(status: number, bytes: Uint8Array, headers: PlainHeaders, meter: RequestMeter): Response {
+function upstreamErrorAnswer(status: number, bytes: Uint8Array, headers: PlainHeaders, meter: RequestMeter): { status: number; headers: PlainHeaders; body: Uint8Array } {
   if (status === 401) {
     meter.finish(502, 'error');
     throw new UpstreamError('The upstream refused the gateway\'s credential. Tell the gateway operator.');
   }
   meter.finish(status, 'error');
-  return new Response(bytes, { status, headers });
+  return { status, headers, body: bytes };
 }
 
 const STREAM_CUT_EVENT = streamErrorEvent('The upstream stream ended before the message was complete.');
@@ -487,17 +477,4 @@ async function relaySse(
     if (!tap.sawError) outgoing.write(streamErrorEvent(streamFailureMessage(err, timeouts)));
     outgoing.end();
   }
-}
-
-/** Resolves when the socket can take more, or is gone. */
-function drained(outgoing: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      outgoing.off('drain', done);
-      outgoing.off('close', done);
-      resolve();
-    };
-    outgoing.on('drain', done);
-    outgoing.on('close', done);
-  });
 }

@@ -10,7 +10,7 @@
  */
 import { Hono } from 'hono';
 import { NotFoundError } from '../errors.ts';
-import type { GatewayEnv } from '../pipeline.ts';
+import type { GatewayEnv } from '../app-env.ts';
 import type { KeyChangeSignal } from '../key-changes.ts';
 import type { KeyStore } from '../store/types.ts';
 import { cacheScope } from './stage.ts';

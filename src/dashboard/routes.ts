@@ -28,7 +28,7 @@ import type { AdminAuth } from '../admin-auth.ts';
 import type { Config } from '../config.ts';
 import { AuthenticationError, GatewayError, PermissionError, RateLimitError, RequestTooLargeError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
-import type { GatewayEnv } from '../pipeline.ts';
+import type { GatewayEnv } from '../app-env.ts';
 import { publicBaseUrl, requestOrigin, TrustedProxies } from '../setup/public-url.ts';
 import { dashboardApi, type DashboardApiDeps, type DashboardReports } from './api.ts';
 import { explorerCsv, explorerReport } from './explorer.ts';

@@ -32,7 +32,7 @@ import { AuthenticationError, GatewayError, PermissionError } from '../errors.ts
 import { keyStatusReport, type KeyRegistry } from '../keys.ts';
 import type { RateLimiter } from '../limits/types.ts';
 import type { Logger } from '../logger.ts';
-import { authenticateRequest, type GatewayEnv } from '../pipeline.ts';
+import { authenticateRequest, type GatewayEnv } from '../app-env.ts';
 import { usageReport } from '../reports.ts';
 import type { KeyRecord, Store } from '../store/types.ts';
 import type { McpConnections } from './types.ts';

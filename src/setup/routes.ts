@@ -13,7 +13,7 @@
  */
 import { Hono } from 'hono';
 import type { Config } from '../config.ts';
-import type { GatewayEnv } from '../pipeline.ts';
+import type { GatewayEnv } from '../app-env.ts';
 import { publicBaseUrl, requestOrigin, TrustedProxies } from './public-url.ts';
 import { scriptProject, setupPowerShellScript, setupShellScript } from './scripts.ts';
 
