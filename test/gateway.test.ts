@@ -158,6 +158,41 @@ describe('Messages API through the gateway', () => {
     expect(status.statusCode).toBe(200);
     await status.body.dump();
   });
+
+  it('serves the beta namespace (?beta=true), and the metered routes on POST only', async () => {
+    const client = stack.client(key);
+    const beta = await client.beta.messages.create({ model: 'claude-haiku-4-5', max_tokens: 10, messages: [MESSAGE] });
+    expect(beta.type).toBe('message');
+    const counted = await client.beta.messages.countTokens({ model: 'claude-haiku-4-5', messages: [MESSAGE] });
+    expect(counted.input_tokens).toBeGreaterThan(0);
+    for (const [method, path] of [['GET', '/v1/messages'], ['PUT', '/v1/messages'], ['POST', '/v1/messages/'], ['POST', '/v1/messagesx']] as const) {
+      const res = await request(`${stack.url}${path}`, { method, headers: { 'x-api-key': key, 'content-type': 'application/json' }, body: method === 'GET' ? undefined : '{}' });
+      expect(res.statusCode, `${method} ${path}`).toBe(404);
+      expect(await res.body.json()).toMatchObject({ type: 'error', error: { type: 'not_found_error' } });
+    }
+  });
+
+  it('writes one access-log line per request, metered routes and the rest alike, without keys or prompts', async () => {
+    const { key: logKey, id } = await stack.newKey({ name: 'access-log' });
+    const client = stack.client(logKey);
+    const from = stack.logs.length;
+    const prompt = 'ACCESS-LOG-PROMPT-7f3a';
+    await client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 10, messages: [{ role: 'user', content: prompt }] });
+    await client.messages.stream({ model: 'claude-haiku-4-5', max_tokens: 10, messages: [MESSAGE] }).finalMessage();
+    await client.models.list();
+    await request(`${stack.url}/v1/messages`, { method: 'POST', headers: { 'x-api-key': 'sk-cc-not-a-key' }, body: '{}' }).then((r) => r.body.dump());
+    const lines = stack.logs.slice(from).join('').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const access = lines.filter((l) => l['msg'] === 'request').map(({ method, route, status, keyId, requestId, ms }) => ({ method, route, status, keyId, requestId, ms }));
+    expect(access).toEqual([
+      { method: 'POST', route: '/v1/messages', status: 200, keyId: id, requestId: expect.stringMatching(/^req_cc_/), ms: expect.any(Number) },
+      { method: 'POST', route: '/v1/messages', status: 200, keyId: id, requestId: expect.stringMatching(/^req_cc_/), ms: expect.any(Number) },
+      { method: 'GET', route: '/v1/models', status: 200, keyId: id, requestId: expect.stringMatching(/^req_cc_/), ms: expect.any(Number) },
+      { method: 'POST', route: '/v1/messages', status: 401, keyId: undefined, requestId: expect.stringMatching(/^req_cc_/), ms: expect.any(Number) },
+    ]);
+    const text = stack.logs.slice(from).join('');
+    expect(text).not.toContain(logKey);
+    expect(text).not.toContain(prompt);
+  });
 });
 
 describe('authentication and permissions', () => {
