@@ -74,21 +74,22 @@ const GENERATED_DELTAS: ReadonlyArray<readonly [type: string, field: string, mar
 ].map(([type, field]) => [type!, field!, `"delta":{"type":"${type}","${field}":"`] as const);
 
 /**
- * UTF-8 bytes of the generated text one `content_block_delta` data line (`data: {...}`) carries (0 for deltas
- * that carry none, such as a thinking signature). On the canonical shape this is one search and
- * one byte count, without parsing the event: the escaped form counted is never shorter than the
- * text it encodes, so the count errs on the high side.
+ * UTF-8 bytes of the generated text one `content_block_delta` data line (`data: {...}`, one
+ * character per byte: see SseUsageTap) carries (0 for deltas that carry none, such as a thinking
+ * signature). On the canonical shape this is one search, without parsing the event: the escaped
+ * form counted is never shorter than the text it encodes, so the count errs on the high side.
  */
 function generatedBytes(dataLine: string): number {
-  for (const [, , marker] of GENERATED_DELTAS) {
-    const at = dataLine.indexOf(marker);
-    if (at !== -1 && dataLine.endsWith('"}}')) {
-      // Everything before the text is ASCII framing, so bytes of the text = bytes of the line - offsets.
-      return Buffer.byteLength(dataLine, 'utf8') - (at + marker.length) - 3;
+  if (dataLine.endsWith('"}}')) {
+    for (const [, , marker] of GENERATED_DELTAS) {
+      const at = dataLine.indexOf(marker);
+      // Characters are bytes here: the text's bytes are what lies between the framing.
+      if (at !== -1) return dataLine.length - (at + marker.length) - 3;
     }
   }
   try {
-    const delta = (JSON.parse(dataLine.slice(5)) as { delta?: Record<string, unknown> }).delta;
+    const utf8 = Buffer.from(dataLine.slice(5), 'latin1').toString('utf8');
+    const delta = (JSON.parse(utf8) as { delta?: Record<string, unknown> }).delta;
     for (const [type, field] of GENERATED_DELTAS) {
       const text = delta?.[field];
       if (delta?.type === type && typeof text === 'string') return Buffer.byteLength(text, 'utf8');
@@ -106,6 +107,12 @@ function generatedBytes(dataLine: string): number {
  * `generatedBytes`), because the API reports output tokens only at the end, in message_delta, and
  * a stream that ends before it must still bill what it relayed (`billableUsage`). Chunks may split
  * lines anywhere, so a partial line is carried to the next chunk.
+ *
+ * Chunks are read as latin1, one character per byte: the cheapest decoding there is, and it makes
+ * a string's length its byte count. Line breaks and the event framing are ASCII, so lines split
+ * the same; the usage fields are ASCII numbers, which parse the same; a multi-byte character
+ * split across chunks needs no care. Only the rare non-canonical delta is decoded as UTF-8, to
+ * parse it. (A TextDecoder and a byte count per event were most of the tap's cost.)
  */
 export class SseUsageTap {
   readonly usage = emptyUsage();
@@ -116,12 +123,11 @@ export class SseUsageTap {
   outputFinal = false;
   /** UTF-8 bytes of generated text (text, thinking, tool input JSON) relayed so far. */
   generatedBytes = 0;
-  private readonly decoder = new TextDecoder();
   private carry = '';
   private event = '';
 
   push(chunk: Uint8Array): void {
-    const text = this.carry + this.decoder.decode(chunk, { stream: true });
+    const text = this.carry + Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength).toString('latin1');
     let start = 0;
     let newline = text.indexOf('\n', start);
     while (newline !== -1) {
