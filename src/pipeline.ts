@@ -265,6 +265,8 @@ async function proxyMetered(x: Exchange, s: GatewayServices, endpoint: MeteredEn
       const answer = upstreamErrorAnswer(upstream.statusCode, bytes, headers, meter);
       return sendBody(outgoing, answer.status, answer.headers, answer.body);
     }
+    // The answer goes out first; the bookkeeping after it is off the client's clock.
+    sendBody(outgoing, upstream.statusCode, headers, bytes);
     // Parsed once: for the usage to bill, and for the cache to store a complete message.
     const message = endpoint.budgeted ? parseJsonBody(bytes) : undefined;
     const usage = usageFromMessage(message);
@@ -272,7 +274,6 @@ async function proxyMetered(x: Exchange, s: GatewayServices, endpoint: MeteredEn
       cache.store(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), meter.billable(usage));
     }
     meter.finish(upstream.statusCode, 'ok', usage, endpoint.budgeted);
-    sendBody(outgoing, upstream.statusCode, headers, bytes);
   } catch (err) {
     meter.fail(err, signal);
     throw err;
@@ -385,8 +386,8 @@ function answerFromCache(x: Exchange, s: GatewayServices, meter: RequestMeter, c
   const billed = s.config.cache.billHits ? entry.tokensSaved : 0;
   if (!stream) {
     headers['content-type'] = 'application/json';
-    meter.finish(200, 'ok', emptyUsage(), false, billed);
-    return sendBody(outgoing, 200, headers, entry.body);
+    sendBody(outgoing, 200, headers, entry.body);
+    return meter.finish(200, 'ok', emptyUsage(), false, billed);
   }
   headers['content-type'] = 'text/event-stream; charset=utf-8';
   Object.assign(headers, STREAM_RESPONSE_HEADERS);
@@ -468,8 +469,9 @@ async function relaySse(
       if (!outgoing.write(value)) await drained(outgoing);
     }
     if (!tap.completed && !tap.sawError) outgoing.write(STREAM_CUT_EVENT);
-    end(tap.completed ? 'ok' : 'upstream_cut');
+    // The stream's end goes out first; the bookkeeping after it is off the client's clock.
     outgoing.end();
+    end(tap.completed ? 'ok' : 'upstream_cut');
   } catch (err) {
     if (ended) return;
     end('upstream_cut');
