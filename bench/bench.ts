@@ -14,6 +14,10 @@
  * and a miss (every request different, so each is keyed, sent upstream and stored). The other
  * gateway paths send `X-No-Cache: true`, so they measure proxying.
  *
+ * The floor: a bare Node proxy (bench/bare-proxy.ts: the same HTTP server and undici client,
+ * nothing else) on the gateway's core, measured like a gateway. What the gateway costs above it
+ * is its own work; the floor is what one more HTTP exchange costs on the machine.
+ *
  * Failover: two more embedded gateways with two upstreams each, both healthy or the first one a
  * dead port (its breaker open after the warm-up), measured at 1 in flight against each other.
  *
@@ -133,8 +137,8 @@ const BODY: Record<Mode, string> = {
 const STREAM_END = 'event: message_stop\ndata: {"type":"message_stop"}\n\n';
 
 type Mode = 'json' | 'stream';
-type PathName = 'direct' | 'gateway' | 'scaleout' | 'cachehit' | 'cachemiss';
-const PATH_LABEL: Record<PathName, string> = { direct: 'direct', gateway: 'embedded', scaleout: 'scale-out', cachehit: 'cache hit', cachemiss: 'cache miss' };
+type PathName = 'direct' | 'bare' | 'gateway' | 'scaleout' | 'cachehit' | 'cachemiss';
+const PATH_LABEL: Record<PathName, string> = { direct: 'direct', bare: 'bare proxy', gateway: 'embedded', scaleout: 'scale-out', cachehit: 'cache hit', cachemiss: 'cache miss' };
 
 /** A different request every time (a counter in the last message), so every one is a cache miss. */
 let missCounter = 0;
@@ -485,7 +489,23 @@ interface RunResult {
   foreignCpuPct?: number;
 }
 
+/**
+ * Waits (up to 2 s) until the gateway process is idle, so that work a run left behind — the
+ * response cache writing the entries of a run of misses, a usage batch — is not counted against
+ * the next run (the cache-hit runs follow the miss runs on the same gateway).
+ */
+async function waitForIdle(pid: number | undefined): Promise<void> {
+  for (let waited = 0; pid !== undefined && waited < 2000; waited += 200) {
+    const before = cpuMsOf(pid);
+    await sleep(200);
+    const after = cpuMsOf(pid);
+    // /proc counts in clock ticks (10 ms): at most one tick in 200 ms is idle enough.
+    if (before === undefined || after === undefined || after - before <= 10) return;
+  }
+}
+
 async function measure(t: Target, mode: Mode, kind: 'latency' | 'throughput', rep: number, pids: Pids): Promise<RunResult> {
+  await waitForIdle(pids.gateway);
   const before = { gateway: cpuMsOf(pids.gateway), fake: cpuMsOf(pids.fake), services: pids.services ? servicesCpuMs() : 0, self: process.cpuUsage(), machine: machineBusyMs() };
   const r =
     kind === 'latency'
@@ -749,6 +769,14 @@ async function main(): Promise<void> {
   const gatewayUrl = `http://127.0.0.1:${gatewayPort}`;
   await waitFor('gateway /health', gateway, async () => (await fetch(`${gatewayUrl}/health`)).ok);
 
+  // The floor (bench/bare-proxy.ts): the same HTTP server and client, doing nothing else, on the gateway's core.
+  const bare = startChild('bare proxy', ['bench/bare-proxy.ts'], { PORT: '0', UPSTREAM_URL: fakeUrl }, pinned ? 0 : undefined);
+  let bareUrl = '';
+  await waitFor('the bare proxy to listen', bare, async () => {
+    bareUrl = /listening on (http:\/\/[^\s]+)/.exec(bare.output())?.[1] ?? '';
+    return bareUrl !== '';
+  });
+
   // The scale-out gateway: the same code on PostgreSQL and Redis, when the machine has them.
   const scaleOut = OPTS.scaleOut ? await startScaleOut(gatewayEnv, fakeUrl, pinned) : undefined;
 
@@ -760,6 +788,7 @@ async function main(): Promise<void> {
   };
   const targets: Partial<Record<PathName, Target>> = {
     direct: { name: 'direct', pool: new Pool(fakeUrl, poolOptions), headers: headersFor(FAKE_KEY) },
+    bare: { name: 'bare', pool: new Pool(bareUrl, poolOptions), headers: headersFor(FAKE_KEY) },
     gateway: { name: 'gateway', pool: new Pool(gatewayUrl, poolOptions), headers: headersFor(gatewayKey) },
     ...(scaleOut ? { scaleout: { name: 'scaleout' as const, pool: new Pool(scaleOut.url, poolOptions), headers: headersFor(scaleOut.key) } } : {}),
     cachehit: { name: 'cachehit', pool: new Pool(gatewayUrl, poolOptions), headers: headersFor(gatewayKey, true) },
@@ -767,8 +796,9 @@ async function main(): Promise<void> {
   };
   const paths = Object.keys(targets) as PathName[];
   const pids = { gateway: gateway.proc.pid, fake: fake.proc.pid };
+  // The bare proxy's CPU is counted where a gateway's is: it stands in for one.
   const pidsFor = (path: PathName): Pids =>
-    path === 'scaleout' ? { gateway: scaleOut!.child.proc.pid, fake: fake.proc.pid, services: true } : pids;
+    path === 'scaleout' ? { gateway: scaleOut!.child.proc.pid, fake: fake.proc.pid, services: true } : path === 'bare' ? { gateway: bare.proc.pid, fake: fake.proc.pid } : pids;
 
   // Both paths must answer correctly before anything is measured.
   for (const t of Object.values(targets)) {
@@ -902,6 +932,27 @@ async function main(): Promise<void> {
     loadGeneratorUsPerRequestGateway: med('throughput', mode, 'gateway', (r) => r.cpuUsPerRequest.loadGenerator),
   }));
 
+  // The floor: what a bare Node proxy (bench/bare-proxy.ts) adds and costs, against the gateway.
+  const floorRows = [
+    // JSON p50 and p99, a stream's first byte p50 and p99.
+    ...latencyRows.slice(0, 4).map((row) => {
+      const direct = med('latency', row.mode, 'direct', row.pick);
+      const bareAdded = med('latency', row.mode, 'bare', row.pick) - direct;
+      const gatewayAdded = med('latency', row.mode, 'gateway', row.pick) - direct;
+      return { scenario: `${row.label}, ${row.metric} added (1 in flight)`, unit: 'ms' as const, bare: bareAdded, gateway: gatewayAdded };
+    }),
+    ...MODES.map((mode) => {
+      const direct = med('throughput', mode, 'direct', (r) => r.rps);
+      return { scenario: `${mode === 'json' ? 'JSON' : 'Stream'} throughput (${OPTS.concurrency} in flight), of direct`, unit: 'ratio' as const, bare: med('throughput', mode, 'bare', (r) => r.rps) / direct, gateway: med('throughput', mode, 'gateway', (r) => r.rps) / direct };
+    }),
+    ...MODES.map((mode) => ({
+      scenario: `CPU per ${mode === 'json' ? 'JSON request' : `${OPTS.outputTokens + 6}-event stream`} (${OPTS.concurrency} in flight)`,
+      unit: 'us' as const,
+      bare: med('throughput', mode, 'bare', (r) => r.cpuUsPerRequest.gateway),
+      gateway: med('throughput', mode, 'gateway', (r) => r.cpuUsPerRequest.gateway),
+    })),
+  ];
+
   // ---- Report ----
   const ms = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)} ms` : 'n/a');
   const plusMs = (x: number) => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${x.toFixed(2)} ms` : 'n/a');
@@ -944,6 +995,11 @@ async function main(): Promise<void> {
       ]),
     ),
   );
+
+  const floorCell = (unit: 'ms' | 'ratio' | 'us', x: number) => (unit === 'ms' ? plusMs(x) : unit === 'us' ? us(x) : `${x.toFixed(2)}×`);
+  const floorOwn = (row: (typeof floorRows)[number]) => (row.unit === 'ratio' ? `${(row.gateway / row.bare).toFixed(2)}× of the floor` : row.unit === 'us' ? `+${us(row.gateway - row.bare)}` : plusMs(row.gateway - row.bare));
+  console.log(`\nThe floor: a bare Node proxy (bench/bare-proxy.ts: the same HTTP server and client, nothing else) on the gateway's core`);
+  console.log(table(['', 'bare proxy', 'embedded gateway', "gateway's own"], floorRows.map((row) => [row.scenario, floorCell(row.unit, row.bare), floorCell(row.unit, row.gateway), floorOwn(row)])));
 
   const cacheRows = MODES.map((mode) => ({
     scenario: mode === 'json' ? 'JSON' : 'Stream',
@@ -993,6 +1049,10 @@ async function main(): Promise<void> {
     scaleOut ? '|---|--:|--:|--:|--:|--:|' : '|---|--:|--:|--:|',
     ...latency.map((l) => `| ${l.scenario}, ${l.metric} (1 in flight) | ${ms(l.directMs)} | ${ms(l.gatewayMs)} | ${plusMs(l.addedMs)} |${scaleOut ? ` ${ms(l.scaleOutMs)} | ${plusMs(l.scaleOutAddedMs)} |` : ''}`),
     ...throughput.map((t) => `| ${t.scenario} throughput (${OPTS.concurrency} in flight) | ${rps(t.directRps)} | ${rps(t.gatewayRps)} | ${t.ratio.toFixed(2)}× |${scaleOut ? ` ${rps(t.scaleOutRps)} | ${t.scaleOutRatio.toFixed(2)}× (${(t.scaleOutVsEmbedded * 100).toFixed(0)} % of embedded) |` : ''}`),
+    '',
+    "| The floor | Bare Node proxy | Embedded gateway | The gateway's own |",
+    '|---|--:|--:|--:|',
+    ...floorRows.map((row) => `| ${row.scenario} | ${floorCell(row.unit, row.bare)} | ${floorCell(row.unit, row.gateway)} | ${floorOwn(row)} |`),
     '',
     '| Response cache (embedded) | Direct to upstream | Cache hit | Cache miss |',
     '|---|--:|--:|--:|',
@@ -1052,6 +1112,7 @@ async function main(): Promise<void> {
         Object.fromEntries(Object.entries(t).map(([k, v]) => [k, typeof v === 'number' ? round(v, k === 'ratio' ? 3 : 1) : v])),
       ),
       cpuUsPerRequest: cpu.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 0) : v]))),
+      floor: floorRows.map((f) => ({ ...f, bare: round(f.bare, 3), gateway: round(f.gateway, 3) })),
       cache: cacheRows.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === 'number' ? round(v, 3) : v]))),
       streamEvents: Object.fromEntries(Object.entries(streamEvents).map(([k, e]) => [k, Object.fromEntries(Object.entries(e).map(([f, v]) => [f, round(v, 2)]))])),
       failover: failover.map((f) => Object.fromEntries(Object.entries(f).map(([k, v]) => [k, typeof v === 'number' ? round(v, 3) : v]))),
