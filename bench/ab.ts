@@ -3,8 +3,8 @@
  * a `git worktree` of an older commit, with its node_modules linked, and this one), against one
  * fake upstream, interleaved so that the machine's drift hits both alike.
  *
- * Both gateways run pinned to core 0 (one busy at a time), the fake upstream to core 1 (when
- * taskset is there); 4 alternating runs of 8,000 requests at 32 in flight per kind (JSON, and
+ * Both gateways run at the default log level (info: an access-log line per request), pinned to
+ * core 0 (one busy at a time), the fake upstream to core 1 (when taskset is there); 4 alternating runs of 8,000 requests at 32 in flight per kind (JSON, and
  * 56-event streams), after a warm-up of 16,000 requests per gateway and kind (V8 takes some
  * 30,000 requests to settle into its optimised code: shorter warm-ups measure the first runs
  * high); gateway CPU from /proc. Bounded: it stops by itself.
@@ -51,7 +51,7 @@ interface Gateway { key: string; pid: number; pool: Pool }
 async function gateway(dir: string): Promise<Gateway> {
   const data = mkdtempSync(join(tmpdir(), 'claudcode-ab-'));
   dirs.push(data);
-  const env = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', CLAUDCODE_DATA_DIR: data, CLAUDCODE_ADMIN_TOKEN: '0123456789abcdef0123', CLAUDCODE_LOG_LEVEL: 'warn' };
+  const env = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? '', CLAUDCODE_DATA_DIR: data, CLAUDCODE_ADMIN_TOKEN: '0123456789abcdef0123', CLAUDCODE_LOG_LEVEL: 'info' };
   const created = spawnSync(NODE, ['src/cli.ts', 'keys', 'create', '--name', 'ab', '--rpm', '1000000', '--concurrent', '10000', '--budget', '1000000000000', '--json'], { cwd: dir, env, encoding: 'utf8' });
   const key = (JSON.parse(created.stdout) as { key: string }).key;
   const port = await freePort();
