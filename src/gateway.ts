@@ -1,6 +1,7 @@
 /**
- * The gateway: wires config, store, keys, limits, upstream and usage into one Hono app, serves
- * it, and shuts it down without losing usage (SIGTERM: stop accepting, let in-flight requests
+ * The gateway: wires config, store, keys, limits, upstream and usage into the pipeline and one
+ * Hono app, serves them (request-listener.ts: the metered routes go to the pipeline, the rest to
+ * the app), and shuts down without losing usage (SIGTERM: stop accepting, let in-flight requests
  * finish within the grace period, write the usage queue, close the store).
  */
 import { createServer, type Server } from 'node:http';
