@@ -5,7 +5,7 @@
 import Anthropic, { APIError } from '@anthropic-ai/sdk';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { MESSAGE, recordedUsage, startStack, type Stack } from './helpers.ts';
 
 let stack: Stack;
@@ -261,6 +261,31 @@ describe('rate limits', () => {
     await slow.finalMessage();
     // The slot is free again once the stream has ended.
     await expect(client.messages.create({ model: 'claude-haiku-4-5', max_tokens: 10, messages: [MESSAGE] })).resolves.toMatchObject({ type: 'message' });
+  });
+
+  it('a client gone before its JSON answer: 499 in the access log, client_closed in usage, the slot free', async () => {
+    const limited = await stack.newKey({ name: 'gone-early', concurrent: 1 });
+    const from = stack.logs.length;
+    const controller = new AbortController();
+    const pending = request(`${stack.url}/v1/messages`, {
+      method: 'POST',
+      headers: { 'x-api-key': limited.key, 'content-type': 'application/json', 'x-fake-latency-ms': '400' },
+      body: JSON.stringify({ model: 'claude-haiku-4-5', max_tokens: 5, messages: [MESSAGE] }),
+      signal: controller.signal,
+    }).catch((e: unknown) => e);
+    await vi.waitFor(() => expect(stack.fake.requests.length).toBeGreaterThan(0), { timeout: 2000 });
+    controller.abort();
+    expect(await pending).toBeInstanceOf(Error);
+    // The gateway notices, answers nobody, and frees the key's one slot.
+    const access = () => stack.logs.slice(from).join('').split('\n').filter((l) => l.includes('"msg":"request"'));
+    await vi.waitFor(() => expect(access()).toHaveLength(1), { timeout: 2000 });
+    expect(JSON.parse(access()[0]!)).toMatchObject({ route: '/v1/messages', status: 499, keyId: limited.id });
+    const next = await stack.client(limited.key).messages.create({ model: 'claude-haiku-4-5', max_tokens: 5, messages: [MESSAGE] });
+    expect(next.type).toBe('message');
+    await stack.gateway.services.usage.flush();
+    const rows = await stack.gateway.store.usageReport({ keyId: limited.id, by: 'key' });
+    expect(rows.reduce((n, r) => n + Number(r.requests), 0)).toBe(2);
+    expect(rows.reduce((n, r) => n + Number(r.errors), 0)).toBe(1);
   });
 
   it('frees the slot, aborts upstream and records usage when the client goes away mid-stream', async () => {
