@@ -112,7 +112,7 @@ function generatedBytes(dataLine: string): number {
  * a string's length its byte count. Line breaks and the event framing are ASCII, so lines split
  * the same; the usage fields are ASCII numbers, which parse the same; a multi-byte character
  * split across chunks needs no care. Only the rare non-canonical delta is decoded as UTF-8, to
- * parse it. (A TextDecoder and a byte count per event were most of the tap's cost.)
+ * parse it. (A TextDecoder per chunk and a byte count per event were a fifth of the tap's cost.)
  */
 export class SseUsageTap {
   readonly usage = emptyUsage();
