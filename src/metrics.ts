@@ -34,12 +34,32 @@ export interface MetricsSources {
   upstreams: () => UpstreamState[];
 }
 
+/**
+ * A counter series counted in a plain field on the hot path and added to its prom-client child
+ * when the registry is scraped (`flush`). prom-client hashes the label set on every `inc()`, even
+ * on a bound child (about 0.3 µs each, four a request); this is one addition.
+ */
+class PendingCount {
+  n = 0;
+  private readonly child: { inc(n: number): void };
+
+  constructor(child: { inc(n: number): void }) {
+    this.child = child;
+  }
+
+  flush(): void {
+    if (this.n === 0) return;
+    this.child.inc(this.n);
+    this.n = 0;
+  }
+}
+
 interface RequestSeries {
-  requests: { inc(): void };
-  input: { inc(n: number): void };
-  output: { inc(n: number): void };
-  cacheCreation: { inc(n: number): void };
-  cacheRead: { inc(n: number): void };
+  requests: PendingCount;
+  input: PendingCount;
+  output: PendingCount;
+  cacheCreation: PendingCount;
+  cacheRead: PendingCount;
   duration: { observe(seconds: number): void };
 }
 
@@ -56,23 +76,27 @@ export class GatewayMetrics {
   private readonly upstreamAttempts: Counter;
   /** Label-bound series by request kind (as many as the label combinations prom-client holds). */
   private readonly series = new Map<string, RequestSeries>();
-  private readonly attemptSeries = new Map<string, { attempts: { inc(): void }; duration: { observe(seconds: number): void } }>();
+  private readonly attemptSeries = new Map<string, { attempts: PendingCount; duration: { observe(seconds: number): void } }>();
 
   constructor(options: { perKeyLabels: boolean; sources: MetricsSources }) {
     this.perKey = options.perKeyLabels;
     const registers = [this.registry];
     const keyLabel = this.perKey ? ['key'] : [];
+    // The counters' series are counted in PendingCount fields and handed over when scraped.
+    const collect = () => this.flushPendingCounts();
     this.requests = new Counter({
       name: 'claudcode_requests_total',
       help: 'Metered API requests by model, endpoint, status, outcome and cache decision.',
       labelNames: ['model', 'endpoint', 'status', 'outcome', 'cache', ...keyLabel],
       registers,
+      collect,
     });
     this.tokens = new Counter({
       name: 'claudcode_tokens_total',
       help: 'Tokens by model and kind (input, output, cache_creation, cache_read), as upstream reported them.',
       labelNames: ['model', 'kind', ...keyLabel],
       registers,
+      collect,
     });
     this.duration = new Histogram({
       name: 'claudcode_request_duration_seconds',
@@ -93,6 +117,7 @@ export class GatewayMetrics {
       help: 'Upstream attempts by upstream and result (ok, or the failure that made the pool fail over).',
       labelNames: ['upstream', 'result'],
       registers,
+      collect,
     });
     const { sources } = options;
     new Gauge({
@@ -134,26 +159,23 @@ export class GatewayMetrics {
   /** A metered request ended (called once per request, from RequestMeter.finish). */
   requestFinished(r: FinishedRequest): void {
     const series = this.seriesFor(r);
-    series.requests.inc();
-    if (r.tokens.input > 0) series.input.inc(r.tokens.input);
-    if (r.tokens.output > 0) series.output.inc(r.tokens.output);
-    if (r.tokens.cache_creation > 0) series.cacheCreation.inc(r.tokens.cache_creation);
-    if (r.tokens.cache_read > 0) series.cacheRead.inc(r.tokens.cache_read);
+    series.requests.n++;
+    series.input.n += r.tokens.input;
+    series.output.n += r.tokens.output;
+    series.cacheCreation.n += r.tokens.cache_creation;
+    series.cacheRead.n += r.tokens.cache_read;
     series.duration.observe(r.latencyMs / 1000);
   }
 
-  /**
-   * The label-bound series of one kind of request, looked up once and kept: prom-client hashes
-   * a label set on every inc(), which on the hot path costs more than the increments.
-   */
+  /** The series of one kind of request, looked up once and kept. */
   private seriesFor(r: FinishedRequest): RequestSeries {
     const id = `${r.model}\u0000${r.endpoint}\u0000${r.status}\u0000${r.outcome}\u0000${r.cache}${this.perKey ? `\u0000${r.keyId}` : ''}`;
     let series = this.series.get(id);
     if (!series) {
       const key = this.perKey ? { key: r.keyId } : {};
-      const tokens = (kind: string) => this.tokens.labels({ model: r.model, kind, ...key });
+      const tokens = (kind: string) => new PendingCount(this.tokens.labels({ model: r.model, kind, ...key }));
       series = {
-        requests: this.requests.labels({ model: r.model, endpoint: r.endpoint, status: String(r.status), outcome: r.outcome, cache: r.cache, ...key }),
+        requests: new PendingCount(this.requests.labels({ model: r.model, endpoint: r.endpoint, status: String(r.status), outcome: r.outcome, cache: r.cache, ...key })),
         input: tokens('input'),
         output: tokens('output'),
         cacheCreation: tokens('cache_creation'),
@@ -171,13 +193,25 @@ export class GatewayMetrics {
     let series = this.attemptSeries.get(id);
     if (!series) {
       series = {
-        attempts: this.upstreamAttempts.labels({ upstream, result }),
+        attempts: new PendingCount(this.upstreamAttempts.labels({ upstream, result })),
         duration: this.upstreamDuration.labels({ upstream, result: result === 'ok' ? 'ok' : 'failure' }),
       };
       this.attemptSeries.set(id, series);
     }
-    series.attempts.inc();
+    series.attempts.n++;
     series.duration.observe(seconds);
+  }
+
+  /** Hands every counted series to prom-client (before a scrape reads the counters). */
+  private flushPendingCounts(): void {
+    for (const series of this.series.values()) {
+      series.requests.flush();
+      series.input.flush();
+      series.output.flush();
+      series.cacheCreation.flush();
+      series.cacheRead.flush();
+    }
+    for (const series of this.attemptSeries.values()) series.attempts.flush();
   }
 
   /** The text Prometheus scrapes. */
