@@ -36,7 +36,7 @@ import { PostgresStore } from '../src/store/postgres.ts';
 import { ALL_ROLLUPS } from '../src/store/sql-common.ts';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import { errorKind, type ErrorKind, type KeyRecord, type Store, type UsageRecord } from '../src/store/types.ts';
-import { diurnalTimestamps, seededRandom } from '../test/random.ts';
+import { diurnalTimestamps, pickWeighted, seededRandom, skewedKeyPicker } from '../test/random.ts';
 
 const { values } = parseArgs({
   options: {
@@ -79,24 +79,7 @@ const CATALOG = new ModelCatalog(DEFAULT_MODELS as ModelEntry[]);
 // --- the records -----------------------------------------------------------------------------
 
 const rand = seededRandom(20261127);
-const pickWeighted = <T extends string>(items: readonly (readonly [T, number])[]): T => {
-  let target = rand();
-  for (const [item, share] of items) if ((target -= share) < 0) return item;
-  return items[0]![0];
-};
-// Key i gets a share of the traffic proportional to 1 / (i + 1)^0.8: a few busy keys, a long tail.
-const keyCumulative = Array.from({ length: KEYS }, (_, i) => 1 / (i + 1) ** 0.8).map(((sum) => (w: number) => (sum += w))(0));
-function pickKey(): string {
-  const target = rand() * keyCumulative.at(-1)!;
-  let low = 0;
-  let high = KEYS - 1;
-  while (low < high) {
-    const mid = (low + high) >> 1;
-    if (keyCumulative[mid]! < target) low = mid + 1;
-    else high = mid;
-  }
-  return `key_${String(low).padStart(3, '0')}`;
-}
+const pickKey = skewedKeyPicker(KEYS, rand);
 /** A log-normal latency (ms) with the given median, clamped to [min, max]. */
 function logNormal(median: number, sigma: number, min: number, max: number): number {
   const normal = Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
@@ -111,7 +94,7 @@ let seq = 0;
 function usageRecord(ts: number): UsageRecord {
   const roll = rand();
   const streamed = rand() < 0.7;
-  const base = { ts, keyId: pickKey(), requestId: `req_${++seq}`, endpoint: 'messages', model: pickWeighted(MODELS), cached: false, streamed } as const;
+  const base = { ts, keyId: pickKey(), requestId: `req_${++seq}`, endpoint: 'messages', model: pickWeighted(MODELS, rand), cached: false, streamed } as const;
   const none = { inputTokens: 0, outputTokens: 0, cacheCreationTokens: 0, cacheReadTokens: 0, billedTokens: 0 };
   if (roll < 0.02) {
     // Refusals at the key's limit, coalesced per key, model and minute: stamped at the minute's end.
@@ -124,7 +107,7 @@ function usageRecord(ts: number): UsageRecord {
   const cacheCreationTokens = rand() < 0.1 ? Math.floor(rand() * 5_000) : 0;
   const tokens = { inputTokens, outputTokens, cacheCreationTokens, cacheReadTokens, billedTokens: inputTokens + outputTokens + cacheCreationTokens + cacheReadTokens };
   const latencyMs = streamed ? logNormal(9_000, 0.9, 400, 600_000) : logNormal(3_500, 0.7, 200, 300_000);
-  const upstream = pickWeighted(UPSTREAMS);
+  const upstream = pickWeighted(UPSTREAMS, rand);
   if (roll < 0.025) return { ...base, ...none, status: 400, outcome: 'rejected', latencyMs: 1 + Math.floor(rand() * 5) };
   if (roll < 0.035) return { ...base, ...tokens, outputTokens: 0, billedTokens: 0, status: rand() < 0.7 ? 529 : 503, outcome: 'error', upstream, latencyMs };
   if (roll < 0.037) return { ...base, ...none, status: 500, outcome: 'error', upstream, latencyMs };

@@ -17,7 +17,7 @@ import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
 import { parseArgs } from 'node:util';
 import { SqliteStore } from '../src/store/sqlite.ts';
 import type { ReportGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
-import { diurnalTimestamps, seededRandom } from '../test/random.ts';
+import { diurnalTimestamps, pickWeighted, seededRandom, skewedKeyPicker } from '../test/random.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1000000' }, runs: { type: 'string', default: '5' } } });
 const ROWS = Number(values.rows);
@@ -35,27 +35,8 @@ const BATCH = 5000;
 // Deterministic, so runs are comparable.
 const rand = seededRandom(42);
 
-// Key i gets a share of the traffic proportional to 1 / (i + 1)^0.8: a few busy keys, a long tail.
-const keyWeights = Array.from({ length: KEYS }, (_, i) => 1 / (i + 1) ** 0.8);
-const keyCumulative = keyWeights.map(((sum) => (w: number) => (sum += w))(0));
-const keyTotal = keyCumulative.at(-1)!;
-function pickKey(): string {
-  const target = rand() * keyTotal;
-  let low = 0;
-  let high = KEYS - 1;
-  while (low < high) {
-    const mid = (low + high) >> 1;
-    if (keyCumulative[mid]! < target) low = mid + 1;
-    else high = mid;
-  }
-  return `key_${String(low).padStart(3, '0')}`;
-}
-
-function pickModel(): string {
-  let target = rand();
-  for (const [model, share] of MODELS) if ((target -= share) < 0) return model;
-  return MODELS[0][0];
-}
+const pickKey = skewedKeyPicker(KEYS, rand);
+const pickModel = (): string => pickWeighted(MODELS, rand);
 
 const now = Date.now();
 const start = now - DAYS * DAY;

@@ -39,11 +39,11 @@ export function httpServerOptions(config: Pick<Config, 'headersTimeoutMs' | 'req
   };
 }
 
-/** The id in x-request-id, request-id and error bodies. */
 /**
- * Request ids: 16 random hex digits per process, then a counter — unique across instances and
- * restarts like a UUID, without making and reformatting one per request (the hot path). An id
- * names a request in logs and usage; it grants nothing, so being guessable in order is fine.
+ * The id in x-request-id, request-id and error bodies: 16 random hex digits per process, then a
+ * counter — unique across instances and restarts like a UUID, without making and reformatting
+ * one per request (the hot path). An id names a request in logs and usage; it grants nothing,
+ * so being guessable in order is fine.
  */
 const REQUEST_ID_PREFIX = `req_cc_${randomBytes(8).toString('hex')}`;
 let requestCounter = 0;

@@ -13,6 +13,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CacheStats } from './cache/types.ts';
 import type { UpstreamState } from './upstream/pool.ts';
+import type { TokenUsage } from './usage.ts';
 
 /** What a finished request tells the metrics. */
 export interface FinishedRequest {
@@ -24,7 +25,8 @@ export interface FinishedRequest {
   /** hit, miss, bypass, or none (count_tokens, refusals before the cache stage). */
   cache: string;
   latencyMs: number;
-  tokens: { input: number; output: number; cache_creation: number; cache_read: number };
+  /** Upstream's counts, as the usage record has them. */
+  tokens: TokenUsage;
 }
 
 export interface MetricsSources {
@@ -160,10 +162,10 @@ export class GatewayMetrics {
   requestFinished(r: FinishedRequest): void {
     const series = this.seriesFor(r);
     series.requests.n++;
-    series.input.n += r.tokens.input;
-    series.output.n += r.tokens.output;
-    series.cacheCreation.n += r.tokens.cache_creation;
-    series.cacheRead.n += r.tokens.cache_read;
+    series.input.n += r.tokens.input_tokens;
+    series.output.n += r.tokens.output_tokens;
+    series.cacheCreation.n += r.tokens.cache_creation_input_tokens;
+    series.cacheRead.n += r.tokens.cache_read_input_tokens;
     series.duration.observe(r.latencyMs / 1000);
   }
 

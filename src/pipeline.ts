@@ -153,7 +153,8 @@ class RequestMeter {
     this.admission?.finish(billed);
     const now = Date.now();
     const latencyMs = now - this.startedAt;
-    this.services.logger.debug({ requestId: this.record.requestId, status, outcome, billed }, 'usage');
+    const { logger } = this.services;
+    if (logger.isLevelEnabled('debug')) logger.debug({ requestId: this.record.requestId, status, outcome, billed }, 'usage');
     this.services.metrics.requestFinished({
       keyId: this.record.keyId,
       endpoint: this.record.endpoint,
@@ -162,7 +163,7 @@ class RequestMeter {
       outcome,
       cache: this.cacheStatus,
       latencyMs,
-      tokens: { input: usage.input_tokens, output: usage.output_tokens, cache_creation: usage.cache_creation_input_tokens, cache_read: usage.cache_read_input_tokens },
+      tokens: usage,
     });
     this.services.usage.record({
       ...this.record,

@@ -44,20 +44,11 @@ export interface UsageReport {
 }
 
 /** One group's usage, all its models added up and each priced at its own rate. */
-export interface GroupUsage {
-  requests: number;
-  errors: number;
-  cachedRequests: number;
-  inputTokens: number;
-  outputTokens: number;
-  cacheCreationTokens: number;
-  cacheReadTokens: number;
-  billedTokens: number;
-  savedTokens: number;
+export type GroupUsage = Omit<UsageRow, 'group' | 'model' | 'totalLatencyMs'> & {
   costUsd: number;
   /** Mean latency of the group's requests (ms, whole); 0 without requests. */
   avgLatencyMs: number;
-}
+};
 
 /**
  * The store's report rows (one per group and model) added up per group, in the store's order,

@@ -9,8 +9,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll } from 'vitest';
-import type { KeyRecord, UsageQuery, UsageRecord } from '../src/store/types.ts';
+import { afterAll, expect } from 'vitest';
+import type { KeyRecord, UsageQuery, UsageRecord, UsageRow, UsageStore } from '../src/store/types.ts';
+import { seriesReference } from './usage-reference.ts';
 
 export { seededRandom } from './random.ts';
 
@@ -154,6 +155,52 @@ export function randomReportQuery(
     ...(untilMs === undefined ? {} : { untilMs }),
     ...(rand() < 0.4 ? { keyId: pick([...keys, 'key_none']) } : {}),
   };
+}
+
+/** What the report contract checks a store against (see `expectRandomReports`). */
+export interface ReportContract {
+  rand: () => number;
+  span: ReturnType<typeof randomUsageSpan>;
+  records: readonly UsageRecord[];
+  /** The store answering the i-th query (several instances may share one database). */
+  store: (i: number) => Pick<UsageStore, 'usageReport' | 'usageSeries'>;
+  /** The report aggregated straight from the raw usage rows. */
+  rawReport: (query: UsageQuery) => UsageRow[] | Promise<UsageRow[]>;
+}
+
+/**
+ * The rollup contract every store's suite runs: `rounds` random report queries, each equal to
+ * the raw aggregate; `narrowed` adds hourly groups and model and upstream filters. Returns how
+ * many answers were not empty (so a suite can tell the queries hit data).
+ */
+export async function expectRandomReports(c: ReportContract, rounds: number, narrowed: boolean): Promise<number> {
+  let nonEmpty = 0;
+  for (let i = 0; i < rounds; i++) {
+    const query: UsageQuery = { ...randomReportQuery(c.rand, { ...c.span, records: c.records }) };
+    if (narrowed) {
+      if (i % 3 === 0) query.by = 'hour';
+      if (c.rand() < 0.4) query.model = c.span.models[Math.floor(c.rand() * c.span.models.length)]!;
+      if (c.rand() < 0.4) query.upstream = ['', 'anthropic-main', 'backup-eu', 'none-such'][Math.floor(c.rand() * 4)]!;
+    }
+    const expected = await c.rawReport(query);
+    expect(await c.store(i).usageReport(query), JSON.stringify(query)).toEqual(expected);
+    if (expected.length) nonEmpty++;
+  }
+  return nonEmpty;
+}
+
+/** The series half of the contract: `rounds` random series queries, each equal to the reference. */
+export async function expectRandomSeries(c: ReportContract, rounds: number): Promise<void> {
+  const DAY = 86_400_000;
+  for (let i = 0; i < rounds; i++) {
+    const { sinceMs, untilMs, keyId } = randomReportQuery(c.rand, { ...c.span, records: c.records });
+    const bucket = (['minute', 'hour', 'day'] as const)[i % 3]!;
+    const query = {
+      sinceMs: sinceMs ?? c.span.start - DAY, untilMs: untilMs ?? c.span.end + DAY, bucket, ...(keyId === undefined ? {} : { keyId }),
+      ...(c.rand() < 0.2 ? { model: c.span.models[0]! } : {}), ...(c.rand() < 0.2 ? { upstream: '' } : {}),
+    };
+    expect(await c.store(i).usageSeries(query), JSON.stringify(query)).toEqual(seriesReference(c.records, query));
+  }
 }
 
 /**

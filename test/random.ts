@@ -27,3 +27,30 @@ export function diurnalTimestamps(count: number, start: number, days: number, ra
   }
   return all.sort();
 }
+
+/** One of `items` at random, each with its share (the shares add up to 1). */
+export function pickWeighted<T>(items: readonly (readonly [T, number])[], rand: () => number): T {
+  let target = rand();
+  for (const [item, share] of items) if ((target -= share) < 0) return item;
+  return items[0]![0];
+}
+
+/**
+ * Key ids `key_000` … for synthetic usage, drawn with key i's share of the traffic proportional
+ * to 1 / (i + 1)^0.8: a few busy keys, a long tail.
+ */
+export function skewedKeyPicker(keys: number, rand: () => number): () => string {
+  const cumulative = Array.from({ length: keys }, (_, i) => 1 / (i + 1) ** 0.8).map(((sum) => (w: number) => (sum += w))(0));
+  const total = cumulative.at(-1)!;
+  return () => {
+    const target = rand() * total;
+    let low = 0;
+    let high = keys - 1;
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (cumulative[mid]! < target) low = mid + 1;
+      else high = mid;
+    }
+    return `key_${String(low).padStart(3, '0')}`;
+  };
+}

@@ -21,7 +21,8 @@ import { describeDatabaseUrl, PostgresStore, type PostgresOptions } from '../src
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/store/postgres-schema.ts';
 import type { ReportGrouping, UsageQuery, UsageRecord, UsageRow } from '../src/store/types.ts';
 import {
-  randomReportQuery, randomUsageRecords, randomUsageSpan, seededRandom, startTcpProxy, usageRecordAt, withUpstreams, type TcpProxy,
+  expectRandomReports, expectRandomSeries, randomUsageRecords, randomUsageSpan, seededRandom, startTcpProxy, usageRecordAt, withUpstreams,
+  type ReportContract, type TcpProxy,
 } from './fixtures.ts';
 import { createTestDatabase, POSTGRES_ADMIN_URL, services } from './services.ts';
 import {
@@ -451,41 +452,18 @@ describe.skipIf(!services.postgres)('PostgreSQL store', () => {
       await expectRollupsExact(url);
     });
 
+    const contract = (): ReportContract => ({ rand, span, records, store: (i) => stores[i % 3]!, rawReport: (query) => rawReport(raw, query) });
+
     it('equals the raw aggregate for random ranges, groupings and keys', async () => {
-      let nonEmpty = 0;
-      for (let i = 0; i < 400; i++) {
-        const query = randomReportQuery(rand, { ...span, records });
-        const expected = await rawReport(raw, query);
-        expect(await stores[i % 3]!.usageReport(query), JSON.stringify(query)).toEqual(expected);
-        if (expected.length) nonEmpty++;
-      }
-      expect(nonEmpty).toBeGreaterThan(300);
+      expect(await expectRandomReports(contract(), 400, false)).toBeGreaterThan(300);
     });
 
     it('equals the raw aggregate by UTC hour, and narrowed to a model or an upstream, for random ranges', async () => {
-      let nonEmpty = 0;
-      for (let i = 0; i < 300; i++) {
-        const query: UsageQuery = { ...randomReportQuery(rand, { ...span, records }) };
-        if (i % 3 === 0) query.by = 'hour';
-        if (rand() < 0.4) query.model = span.models[Math.floor(rand() * span.models.length)]!;
-        if (rand() < 0.4) query.upstream = ['', 'anthropic-main', 'backup-eu', 'none-such'][Math.floor(rand() * 4)]!;
-        const expected = await rawReport(raw, query);
-        expect(await stores[i % 3]!.usageReport(query), JSON.stringify(query)).toEqual(expected);
-        if (expected.length) nonEmpty++;
-      }
-      expect(nonEmpty).toBeGreaterThan(150);
+      expect(await expectRandomReports(contract(), 300, true)).toBeGreaterThan(150);
     });
 
     it('gives series equal to the raw records for random ranges, buckets and filters', async () => {
-      for (let i = 0; i < 60; i++) {
-        const { sinceMs, untilMs, keyId } = randomReportQuery(rand, { ...span, records });
-        const bucket = (['minute', 'hour', 'day'] as const)[i % 3]!;
-        const query = {
-          sinceMs: sinceMs ?? span.start - 24 * HOUR, untilMs: untilMs ?? span.end + 24 * HOUR, bucket, ...(keyId === undefined ? {} : { keyId }),
-          ...(rand() < 0.2 ? { model: span.models[0]! } : {}), ...(rand() < 0.2 ? { upstream: '' } : {}),
-        };
-        expect(await stores[i % 3]!.usageSeries(query), JSON.stringify(query)).toEqual(seriesReference(records, query));
-      }
+      await expectRandomSeries(contract(), 60);
     });
 
     it('groups by upstream from the rollups as the raw rows do: a group per name, and \'\' for requests no upstream served', async () => {
